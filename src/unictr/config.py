@@ -1,0 +1,230 @@
+"""Configuration: pydantic models loaded from YAML.
+
+One `Config` describes the data columns, the features, the surfaces and view types, the tasks, the
+model's hyper-parameters and the training loop. Every field is validated; a bad file raises
+`ConfigError` naming the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """One input column of the canonical Parquet."""
+
+    name: str = Field(description="Column name in the canonical Parquet.")
+    kind: Literal["categorical", "dense"] = Field(description="Categorical ids are hashed; dense are floats.")
+    side: Literal["user", "candidate"] = Field(
+        description="`user`: constant within a request, computed once per unique user; "
+        "`candidate`: one value per impression."
+    )
+    hash_size: int | None = Field(
+        default=None, gt=0, description="Rows of this feature's embedding table (categorical only)."
+    )
+    towers: list[str] = Field(
+        default_factory=list,
+        description="Surfaces whose tower late-fuses this feature. Empty: the feature enters the shared "
+        "trunk. Only candidate-side categorical features may be tower features.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureSpec:
+        if self.kind == "categorical" and self.hash_size is None:
+            raise ValueError(f"feature {self.name!r}: categorical features need hash_size (a positive int)")
+        if self.kind == "dense" and self.hash_size is not None:
+            raise ValueError(f"feature {self.name!r}: dense features take no hash_size")
+        if self.towers and (self.kind != "categorical" or self.side != "candidate"):
+            raise ValueError(f"feature {self.name!r}: only candidate-side categorical features may set towers")
+        return self
+
+
+class SequenceSpec(_Strict):
+    """The user's action sequence: list columns, newest event last."""
+
+    item_column: str = Field(default="seq_item", description="List<int64> column of item ids.")
+    action_column: str = Field(default="seq_action", description="List<int64> column of action-type ids.")
+    time_column: str = Field(default="seq_ts", description="List<int64> column of event times (ms).")
+    item_feature: str = Field(
+        description="Candidate categorical feature whose embedding table the sequence items share "
+        "(the candidate is the query of the target attention)."
+    )
+    num_actions: int = Field(default=8, gt=0, description="Action-type vocabulary size (ids are taken modulo).")
+    max_len: int = Field(default=32, gt=0, description="Events kept per user (the newest).")
+
+
+class SurfaceSpec(_Strict):
+    name: str = Field(description="Value of the `surface` column.")
+    view_types: list[str] = Field(min_length=1, description="Values of the `view_type` column on this surface.")
+
+
+class TaskSpec(_Strict):
+    name: str = Field(description="Task name (click, save, ...).")
+    label: str = Field(description="Label column (0/1).")
+    weight: float = Field(default=1.0, ge=0.0, description="Loss weight.")
+    surfaces: list[str] | None = Field(
+        default=None, description="Surfaces where the task applies; null means every surface."
+    )
+
+
+class DataSpec(_Strict):
+    """Names of the canonical key columns."""
+
+    request_id: str = "request_id"
+    user_id: str = "user_id"
+    timestamp: str = "timestamp"
+    surface: str = "surface"
+    view_type: str = "view_type"
+
+
+class SequenceModelSpec(_Strict):
+    enabled: bool = Field(default=True, description="Use the user-sequence Transformer (off for ablation).")
+    layers: int = Field(default=1, ge=1, description="Transformer encoder layers.")
+    heads: int = Field(default=2, ge=1, description="Attention heads.")
+    ff_mult: int = Field(default=2, ge=1, description="Feed-forward width as a multiple of the model width.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    last_k: int = Field(default=2, ge=0, description="Newest encoded events concatenated to the max-pool.")
+    time_buckets: int = Field(default=16, ge=2, description="log2 buckets of the event age.")
+    window_mask_prob: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="Training only: probability that a row's sequence is cut to a random recent window.",
+    )
+
+
+class MMoESpec(_Strict):
+    enabled: bool = Field(default=True, description="Off: one shared MLP replaces the experts (ablation).")
+    experts: int = Field(default=4, ge=1)
+    expert_dim: int = Field(default=64, ge=1, description="Width of each expert's output.")
+    expert_hidden: int = Field(default=128, ge=1, description="Hidden width inside each expert.")
+
+
+class DCNSpec(_Strict):
+    layers: int = Field(default=2, ge=0, description="Cross layers.")
+    rank: int | None = Field(default=16, ge=1, description="Low-rank factorisation; null = full rank.")
+    out_dim: int = Field(default=64, ge=1, description="Width the projection shrinks the trunk output to.")
+
+
+class TowerSpec(_Strict):
+    per_surface: bool = Field(default=True, description="Off: one tower shared by every surface (ablation).")
+    hidden: list[int] = Field(default_factory=lambda: [64], description="Tower MLP widths.")
+
+
+class CalibrationSpec(_Strict):
+    scope: Literal["view_type", "surface", "global"] = Field(
+        default="view_type", description="Key of the learned temperature+bias on the logits."
+    )
+
+
+class ModelSpec(_Strict):
+    embedding_dim: int = Field(default=16, ge=1)
+    dense_hidden: int = Field(default=16, ge=1, description="Width of the dense-feature projection.")
+    sequence: SequenceModelSpec = SequenceModelSpec()
+    mmoe: MMoESpec = MMoESpec()
+    dcn: DCNSpec = DCNSpec()
+    tower: TowerSpec = TowerSpec()
+    calibration: CalibrationSpec = CalibrationSpec()
+
+
+class TrainSpec(_Strict):
+    batch_size: int = Field(default=2048, ge=1, description="Impressions per step (whole requests).")
+    lr: float = Field(default=2e-3, gt=0)
+    embedding_lr: float | None = Field(default=None, gt=0, description="Embedding-table LR; null = lr.")
+    weight_decay: float = Field(default=1e-5, ge=0)
+    epochs: int = Field(default=2, ge=1)
+    seed: int = 0
+    threads: int = Field(default=2, ge=1, description="torch intra-op threads.")
+    bf16: bool = Field(default=False, description="bf16 autocast (CPU with bf16, or CUDA).")
+    device: str = Field(default="auto", description="auto | cpu | cuda.")
+
+
+class Config(_Strict):
+    data: DataSpec = DataSpec()
+    features: list[FeatureSpec] = Field(min_length=1)
+    sequence: SequenceSpec | None = None
+    surfaces: list[SurfaceSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Config:
+        _unique("features", [f.name for f in self.features])
+        _unique("surfaces", [s.name for s in self.surfaces])
+        _unique("tasks", [t.name for t in self.tasks])
+        surfaces = {s.name for s in self.surfaces}
+        for f in self.features:
+            bad = set(f.towers) - surfaces
+            if bad:
+                raise ValueError(f"features.{f.name}.towers: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}")
+        for t in self.tasks:
+            bad = set(t.surfaces or []) - surfaces
+            if bad:
+                raise ValueError(f"tasks.{t.name}.surfaces: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}")
+        if self.sequence is not None:
+            item = next((f for f in self.features if f.name == self.sequence.item_feature), None)
+            if item is None or item.kind != "categorical" or item.side != "candidate" or item.towers:
+                raise ValueError(
+                    f"sequence.item_feature: {self.sequence.item_feature!r} must name a candidate-side "
+                    "categorical trunk feature"
+                )
+        return self
+
+    # Derived views used across the package.
+    def feature_names(self, side: str, kind: str) -> list[str]:
+        return [f.name for f in self.features if f.side == side and f.kind == kind]
+
+    @property
+    def surface_names(self) -> list[str]:
+        return [s.name for s in self.surfaces]
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task_surface_mask(self) -> list[list[bool]]:
+        """[surface][task]: whether the task applies on the surface."""
+        return [[t.surfaces is None or s.name in t.surfaces for t in self.tasks] for s in self.surfaces]
+
+
+def _unique(key: str, names: list[str]) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{key}: duplicate name(s) {dup}")
+
+
+class ConfigError(ValueError):
+    """A config file or dict that does not validate; the message names the key."""
+
+
+def config_from_dict(raw: object, source: str = "<dict>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+            got = err.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{loc}: {err['msg']}{got_s}")
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return config_from_dict(raw, str(path))

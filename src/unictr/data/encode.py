@@ -1,0 +1,41 @@
+"""Fixed, data-independent feature encoding: raw ids and strings to table rows.
+
+Hashing (not a vocabulary) means a run trained on one data directory can score any other one,
+and the serving path needs nothing but the config to encode a request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, vectorised; uint64 arithmetic wraps by design."""
+    with np.errstate(over="ignore"):
+        z = x + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def hash_ids(values: np.ndarray, size: int) -> np.ndarray:
+    """Map raw int64 ids to rows in [0, size) with a fixed mixing hash."""
+    raw = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)
+    return (_splitmix64(raw) % np.uint64(size)).astype(np.int64)
+
+
+def hash_strings(values: list[str] | np.ndarray) -> np.ndarray:
+    """Stable int64 ids for strings (first 8 bytes of blake2b), for adapters with string columns."""
+    uniq, inverse = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
+    ids = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little", signed=True) for s in uniq),
+        dtype=np.int64,
+        count=len(uniq),
+    )
+    return ids[inverse]
