@@ -92,11 +92,13 @@ class SequenceModelSpec(_Strict):
     ff_mult: int = Field(default=2, ge=1, description="Feed-forward width as a multiple of the model width.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     last_k: int = Field(default=2, ge=0, description="Newest encoded events concatenated to the max-pool.")
-    time_buckets: int = Field(default=16, ge=2, description="log2 buckets of the event age.")
+    time_buckets: int = Field(default=24, ge=2, description="Buckets of log2(1 + event age in seconds).")
     window_mask_prob: float = Field(
-        default=0.5, ge=0.0, le=1.0,
-        description="Training only: probability that a row's sequence is cut to a random recent window.",
+        default=0.3, ge=0.0, le=1.0,
+        description="Training only: probability that a user's events inside a random recent time window "
+        "are masked (TransAct's random time-window mask), so the model does not lean on real-time events only.",
     )
+    window_max_seconds: float = Field(default=3600.0, gt=0, description="Upper end of that random window.")
 
 
 class MMoESpec(_Strict):
@@ -163,7 +165,9 @@ class Config(_Strict):
         for f in self.features:
             bad = set(f.towers) - surfaces
             if bad:
-                raise ValueError(f"features.{f.name}.towers: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}")
+                raise ValueError(
+                    f"features.{f.name}.towers: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}"
+                )
         for t in self.tasks:
             bad = set(t.surfaces or []) - surfaces
             if bad:

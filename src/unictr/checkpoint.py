@@ -1,0 +1,146 @@
+"""Checkpoints: `model.safetensors` + `manifest.json`, written atomically, verified on load.
+
+Nothing is ever unpickled. The manifest carries the config, the feature schema, library versions
+and the sha256 of every file it names; a file whose hash does not match is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+import unictr
+from unictr.config import Config, config_from_dict
+from unictr.data.batch import Schema
+from unictr.model import UnifiedCTR
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or fails its checksum."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_replace(path: Path, write: Any) -> None:
+    """Write via `write(tmp_path)` into a temp file in the same directory, fsync, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
+    """Atomically write a safetensors file; returns its sha256."""
+    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_replace(path, lambda tmp: save_file(flat, str(tmp)))
+    return sha256_file(path)
+
+
+def save_json(obj: dict, path: Path) -> None:
+    _atomic_replace(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def versions() -> dict[str, str]:
+    return {"unictr": unictr.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def schema_dict(schema: Schema) -> dict[str, Any]:
+    return {
+        "user_categorical": dict(zip(schema.user_cat, schema.user_cat_sizes, strict=True)),
+        "user_dense": list(schema.user_dense),
+        "candidate_categorical": dict(zip(schema.cand_cat, schema.cand_cat_sizes, strict=True)),
+        "candidate_dense": list(schema.cand_dense),
+        "surfaces": list(schema.surfaces),
+        "view_keys": [list(k) for k in schema.view_keys],
+        "tasks": list(schema.tasks),
+    }
+
+
+def write_checkpoint(
+    run_dir: Path,
+    cfg: Config,
+    tensors: dict[str, dict[str, torch.Tensor]],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write each `{file_name: tensors}` atomically, then the manifest naming their hashes (last).
+
+    A crash between renames leaves a manifest whose hashes do not match: load refuses it.
+    """
+    run_dir = Path(run_dir)
+    files = {name: save_tensors(t, run_dir / name) for name, t in tensors.items()}
+    manifest = {
+        "format": "unictr-checkpoint/1",
+        "config": cfg.model_dump(mode="json"),
+        "schema": schema_dict(Schema.from_config(cfg)),
+        "versions": versions(),
+        "files": files,
+        **(extra or {}),
+    }
+    save_json(manifest, run_dir / MANIFEST)
+    return manifest
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no manifest; not a unictr run or export directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: manifest is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or "files" not in manifest or "config" not in manifest:
+        raise CheckpointError(f"{path}: manifest lacks 'files' or 'config'")
+    return manifest
+
+
+def load_tensors(run_dir: Path, name: str, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Load one safetensors file after checking its sha256 against the manifest."""
+    path = Path(run_dir) / name
+    expected = manifest["files"].get(name)
+    if expected is None:
+        raise CheckpointError(f"{path}: not listed in {MANIFEST}")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: listed in {MANIFEST} but missing")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"{path}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…); refusing to load"
+        )
+    return load_file(str(path))
+
+
+def load_config_from_manifest(manifest: dict[str, Any], source: str) -> Config:
+    return config_from_dict(manifest["config"], f"{source}/{MANIFEST}:config")
+
+
+def load_model(run_dir: str | Path) -> tuple[UnifiedCTR, dict[str, Any]]:
+    """Rebuild the model from a run directory's manifest and verified weights, in eval mode."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    model = UnifiedCTR(load_config_from_manifest(manifest, str(run_dir)))
+    model.load_state_dict(load_tensors(run_dir, MODEL_FILE, manifest), strict=True)
+    return model.eval(), manifest

@@ -1,0 +1,150 @@
+"""The `Batch` (broadcast layout) and the `Schema` that says which column goes where.
+
+User-side tensors have a leading dimension of unique users (U), candidate-side tensors one row per
+impression (N); `user_index[N]` maps each impression to its user. See docs/data.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from unictr.config import Config, SequenceSpec
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Column lists derived from a `Config`, in the order the tensors hold them."""
+
+    user_cat: tuple[str, ...]
+    user_cat_sizes: tuple[int, ...]
+    user_dense: tuple[str, ...]
+    cand_cat: tuple[str, ...]
+    cand_cat_sizes: tuple[int, ...]
+    cand_dense: tuple[str, ...]
+    surfaces: tuple[str, ...]
+    view_keys: tuple[tuple[str, str], ...]
+    tasks: tuple[str, ...]
+    labels: tuple[str, ...]
+    task_mask: tuple[tuple[bool, ...], ...]
+    sequence: SequenceSpec | None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Schema:
+        def cats(side: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+            fs = [f for f in cfg.features if f.side == side and f.kind == "categorical"]
+            return tuple(f.name for f in fs), tuple(int(f.hash_size or 0) for f in fs)
+
+        user_cat, user_sizes = cats("user")
+        cand_cat, cand_sizes = cats("candidate")
+        return cls(
+            user_cat=user_cat,
+            user_cat_sizes=user_sizes,
+            user_dense=tuple(cfg.feature_names("user", "dense")),
+            cand_cat=cand_cat,
+            cand_cat_sizes=cand_sizes,
+            cand_dense=tuple(cfg.feature_names("candidate", "dense")),
+            surfaces=tuple(cfg.surface_names),
+            view_keys=tuple((s.name, v) for s in cfg.surfaces for v in s.view_types),
+            tasks=tuple(cfg.task_names),
+            labels=tuple(t.label for t in cfg.tasks),
+            task_mask=tuple(tuple(row) for row in cfg.task_surface_mask()),
+            sequence=cfg.sequence,
+        )
+
+    @property
+    def item_hash_size(self) -> int:
+        assert self.sequence is not None
+        return self.cand_cat_sizes[self.cand_cat.index(self.sequence.item_feature)]
+
+    def view_key_surface(self) -> list[int]:
+        """Surface index of each flattened (surface, view type) key."""
+        return [self.surfaces.index(s) for s, _ in self.view_keys]
+
+
+@dataclass
+class Batch:
+    """One batch in the broadcast layout (shapes in docs/data.md)."""
+
+    user_cat: Tensor  # [U, Fu] int64
+    user_dense: Tensor  # [U, Du] float32
+    seq_item: Tensor  # [U, L] int64
+    seq_action: Tensor  # [U, L] int64
+    seq_age: Tensor  # [U, L] float32 seconds
+    seq_mask: Tensor  # [U, L] bool, left-padded
+    cand_cat: Tensor  # [N, Fc] int64
+    cand_dense: Tensor  # [N, Dc] float32
+    surface: Tensor  # [N] int64
+    view_key: Tensor  # [N] int64
+    user_index: Tensor  # [N] int64
+    labels: Tensor  # [N, T] float32
+    label_mask: Tensor  # [N, T] bool
+    p_true: Tensor | None = None  # [N, T] float32
+
+    @property
+    def num_users(self) -> int:
+        return self.user_cat.shape[0]
+
+    @property
+    def num_rows(self) -> int:
+        return self.cand_cat.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def take_users(self, users: Tensor) -> Batch:
+        """The sub-batch of the given unique users (in that order) and all their rows.
+
+        Rows of a user need not be contiguous; they keep their relative order.
+        """
+        keep = torch.zeros(self.num_users, dtype=torch.bool)
+        keep[users] = True
+        new_pos = torch.full((self.num_users,), -1, dtype=torch.int64)
+        new_pos[users] = torch.arange(len(users))
+        rows = torch.nonzero(keep[self.user_index], as_tuple=True)[0]
+        # order rows by their user's new position (stable: keeps row order within a user)
+        rows = rows[torch.argsort(new_pos[self.user_index[rows]], stable=True)]
+        return self._take(users, rows, new_pos[self.user_index[rows]])
+
+    def broadcast_users(self) -> Batch:
+        """The same batch with the user side repeated once per row (U == N), for equivalence checks."""
+        ui = self.user_index
+        return self._take(ui, torch.arange(self.num_rows), torch.arange(self.num_rows))
+
+    def _take(self, users: Tensor, rows: Tensor, user_index: Tensor) -> Batch:
+        user_fields = {"user_cat", "user_dense", "seq_item", "seq_action", "seq_age", "seq_mask"}
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "user_index":
+                out[f.name] = user_index
+            elif v is None:
+                out[f.name] = None
+            else:
+                out[f.name] = v[users] if f.name in user_fields else v[rows]
+        return Batch(**out)
+
+    def with_(self, **changes: object) -> Batch:
+        return replace(self, **changes)
+
+
+def _move(v: Tensor | None, device: torch.device | str) -> Tensor | None:
+    return None if v is None else v.to(device, non_blocking=True)
+
+
+def concat_batches(batches: list[Batch]) -> Batch:
+    """Concatenate batches, offsetting `user_index` so rows still point at their users."""
+    offsets = np.cumsum([0] + [b.num_users for b in batches[:-1]])
+    out = {}
+    for f in fields(Batch):
+        vals = [getattr(b, f.name) for b in batches]
+        if f.name == "user_index":
+            out[f.name] = torch.cat([v + int(o) for v, o in zip(vals, offsets, strict=True)])
+        elif any(v is None for v in vals):
+            out[f.name] = None
+        else:
+            out[f.name] = torch.cat(vals)
+    return Batch(**out)

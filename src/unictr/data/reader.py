@@ -1,0 +1,214 @@
+"""Streaming Parquet reader: canonical impression rows in, `Batch`es in the broadcast layout out.
+
+Validation happens here, once, with messages that name the file and the column, so nothing
+downstream sees a NaN, an unknown surface or a ragged sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from unictr.config import DataSpec
+from unictr.data.batch import Batch, Schema, concat_batches
+from unictr.data.encode import hash_ids
+from unictr.data.errors import DataError
+
+
+def split_files(path: str | Path) -> list[Path]:
+    """The Parquet files of a split directory (or a single file), in name order."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such data file or directory")
+    files = sorted(path.glob("*.parquet"))
+    if not files:
+        raise DataError(f"{path}: directory holds no .parquet files")
+    return files
+
+
+def required_columns(schema: Schema, keys: DataSpec) -> list[str]:
+    cols = [keys.request_id, keys.timestamp, keys.surface, keys.view_type]
+    cols += [*schema.user_cat, *schema.user_dense, *schema.cand_cat, *schema.cand_dense, *schema.labels]
+    if schema.sequence is not None:
+        s = schema.sequence
+        cols += [s.item_column, s.action_column, s.time_column]
+    return list(dict.fromkeys(cols))
+
+
+def iter_batches(
+    path: str | Path, schema: Schema, keys: DataSpec, batch_rows: int = 65536
+) -> Iterator[Batch]:
+    """Stream a split as `Batch`es of about `batch_rows` rows, file by file."""
+    wanted = required_columns(schema, keys)
+    for file in split_files(path):
+        pf = pq.ParquetFile(file)
+        names = set(pf.schema_arrow.names)
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise DataError(f"{file}: missing column(s) {missing}; see docs/data.md")
+        cols = wanted + [f"p_true_{t}" for t in schema.tasks if f"p_true_{t}" in names]
+        for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
+            yield encode_table(pa.Table.from_batches([rb]), schema, keys, source=str(file))
+
+
+def load_split(path: str | Path, schema: Schema, keys: DataSpec) -> Batch:
+    """A whole split as one in-memory `Batch` (training shuffles requests from it)."""
+    return concat_batches(list(iter_batches(path, schema, keys)))
+
+
+def encode_table(table: pa.Table, schema: Schema, keys: DataSpec, source: str = "<table>") -> Batch:
+    """Validate and encode canonical rows; rows of one request must be contiguous."""
+    n = table.num_rows
+    rid = _int_column(table, keys.request_id, source)
+    ts = _int_column(table, keys.timestamp, source)
+    # one user row per run of equal request ids (rows of a request are contiguous)
+    starts = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]]) if n else np.zeros(0, dtype=np.int64)
+    user_index = np.cumsum(np.r_[False, rid[1:] != rid[:-1]]) if n else np.zeros(0, dtype=np.int64)
+
+    surface = _index_in(table, keys.surface, list(schema.surfaces), source)
+    view_names = [f"{s}\x1f{v}" for s, v in schema.view_keys]
+    view_col = pc.binary_join_element_wise(
+        _string_column(table, keys.surface, source), _string_column(table, keys.view_type, source), "\x1f"
+    )
+    view_key = _index_in(pa.table({"v": view_col}), "v", view_names, source, label=keys.view_type)
+
+    user_cat = _cat_matrix(table, schema.user_cat, schema.user_cat_sizes, source)[starts]
+    user_dense = _dense_matrix(table, schema.user_dense, source)[starts]
+    cand_cat = _cat_matrix(table, schema.cand_cat, schema.cand_cat_sizes, source)
+    cand_dense = _dense_matrix(table, schema.cand_dense, source)
+    labels = _dense_matrix(table, schema.labels, source, what="label")
+    bad = ~np.isin(labels, (0.0, 1.0))
+    if bad.any():
+        col = schema.labels[int(np.nonzero(bad)[1][0])]
+        raise DataError(f"{source}: label column {col!r} holds values other than 0/1")
+    label_mask = np.asarray(schema.task_mask, dtype=bool)[surface]
+    p_cols = [f"p_true_{t}" for t in schema.tasks]
+    p_true = _dense_matrix(table, p_cols, source) if all(c in table.column_names for c in p_cols) else None
+
+    seq = _sequences(table, schema, starts, ts[starts], source)
+    return Batch(
+        user_cat=torch.from_numpy(user_cat),
+        user_dense=torch.from_numpy(user_dense),
+        seq_item=seq[0],
+        seq_action=seq[1],
+        seq_age=seq[2],
+        seq_mask=seq[3],
+        cand_cat=torch.from_numpy(cand_cat),
+        cand_dense=torch.from_numpy(cand_dense),
+        surface=torch.from_numpy(surface),
+        view_key=torch.from_numpy(view_key),
+        user_index=torch.from_numpy(user_index.astype(np.int64)),
+        labels=torch.from_numpy(labels),
+        label_mask=torch.from_numpy(label_mask),
+        p_true=None if p_true is None else torch.from_numpy(p_true),
+    )
+
+
+def _column(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise DataError(f"{source}: missing column {name!r}; see docs/data.md")
+    return table.column(name)
+
+
+def _int_column(table: pa.Table, name: str, source: str) -> np.ndarray:
+    col = _column(table, name, source)
+    if not pa.types.is_integer(col.type):
+        raise DataError(f"{source}: column {name!r} must be an integer type, got {col.type}")
+    if col.null_count:
+        raise DataError(f"{source}: column {name!r} has {col.null_count} null value(s)")
+    return col.to_numpy().astype(np.int64, copy=False)
+
+
+def _string_column(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
+    col = _column(table, name, source)
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise DataError(f"{source}: column {name!r} must be a string, got {col.type}")
+    return col
+
+
+def _index_in(table: pa.Table, name: str, values: list[str], source: str, label: str | None = None) -> np.ndarray:
+    col = _string_column(table, name, source)
+    idx = pc.index_in(col, value_set=pa.array(values))
+    if idx.null_count:
+        unknown = pc.unique(pc.filter(col, pc.is_null(idx))).to_pylist()[:5]
+        unknown = [u.replace("\x1f", "/") if isinstance(u, str) else u for u in unknown]
+        shown = [v.replace("\x1f", "/") for v in values]
+        raise DataError(f"{source}: column {label or name!r} has unknown value(s) {unknown}; the config knows {shown}")
+    return idx.to_numpy().astype(np.int64)
+
+
+def _cat_matrix(table: pa.Table, names: tuple[str, ...], sizes: tuple[int, ...], source: str) -> np.ndarray:
+    out = np.empty((table.num_rows, len(names)), dtype=np.int64)
+    for j, (name, size) in enumerate(zip(names, sizes, strict=True)):
+        out[:, j] = hash_ids(_int_column(table, name, source), size)
+    return out
+
+
+def _dense_matrix(table: pa.Table, names: tuple[str, ...] | list[str], source: str, what: str = "dense") -> np.ndarray:
+    out = np.empty((table.num_rows, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        col = _column(table, name, source)
+        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
+            raise DataError(f"{source}: {what} column {name!r} must be numeric, got {col.type}")
+        vals = col.to_numpy(zero_copy_only=False).astype(np.float32)
+        if not np.isfinite(vals).all():
+            raise DataError(f"{source}: {what} column {name!r} holds NaN/inf or null values")
+        out[:, j] = vals
+    return out
+
+
+def _list_column(table: pa.Table, name: str, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets[N+1], values) of a list<int> column."""
+    col = _column(table, name, source)
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or not pa.types.is_integer(
+        col.type.value_type
+    ):
+        raise DataError(f"{source}: column {name!r} must be list<int64>, got {col.type}")
+    arr = col.combine_chunks()
+    if arr.null_count:
+        raise DataError(f"{source}: column {name!r} has null lists (use empty lists)")
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.to_numpy().astype(np.int64)
+    return offsets, values
+
+
+def _sequences(
+    table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded [U, L] item/action/age/mask tensors holding each user's newest L events."""
+    u = len(starts)
+    if schema.sequence is None:
+        z = torch.zeros((u, 1), dtype=torch.int64)
+        return z, z.clone(), torch.zeros((u, 1)), torch.zeros((u, 1), dtype=torch.bool)
+    spec = schema.sequence
+    cols = [spec.item_column, spec.action_column, spec.time_column]
+    parts = [_list_column(table, c, source) for c in cols]
+    off = parts[0][0]
+    for c, (o, _) in zip(cols[1:], parts[1:], strict=True):
+        if not np.array_equal(o, off):
+            raise DataError(f"{source}: sequence column {c!r} has lists of other lengths than {cols[0]!r}")
+    lo, hi = off[starts], off[starts + 1]
+    length = spec.max_len
+    pos = hi[:, None] - length + np.arange(length)[None, :]  # newest event lands at L-1
+    mask = pos >= lo[:, None]
+    safe = np.where(mask, pos, 0)
+    items, actions, times = (v[safe] if len(v) else np.zeros_like(safe) for _, v in parts)
+    age_ms = req_ts[:, None] - times
+    if (age_ms[mask] <= 0).any():
+        raise DataError(f"{source}: column {spec.time_column!r} holds an event at or after its row's timestamp")
+    age_s = age_ms / 1000.0
+    items = np.where(mask, hash_ids(items.reshape(-1), schema.item_hash_size).reshape(items.shape), 0)
+    return (
+        torch.from_numpy(items),
+        torch.from_numpy(np.where(mask, actions % spec.num_actions, 0)),
+        torch.from_numpy(np.where(mask, age_s, 0.0).astype(np.float32)),
+        torch.from_numpy(mask),
+    )

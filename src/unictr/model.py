@@ -1,0 +1,156 @@
+"""The unified multi-surface engagement model, composed top to bottom as in the design:
+
+    fused embedding → user side once per user (features + sequence Transformer)
+    → candidate side per impression (features + target attention)
+    → MMoE (gates per surface × task) → DCNv2 projection → per-surface towers → calibration
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from unictr.config import Config
+from unictr.data.batch import Batch, Schema
+from unictr.modules.calibration import LogitCalibration
+from unictr.modules.dcn import DCNv2Projection
+from unictr.modules.embedding import FusedEmbedding
+from unictr.modules.mmoe import MMoE
+from unictr.modules.sequence import SequenceEncoder, TargetAttention
+from unictr.modules.towers import TowerTree
+
+
+class UnifiedCTR(nn.Module):
+    """Scores every impression of a `Batch` for every task; `forward` returns calibrated logits `[N, T]`."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.schema = s = Schema.from_config(cfg)
+        m = cfg.model
+        d = m.embedding_dim
+        tower_feats = {f.name: f.towers for f in cfg.features if f.towers}
+
+        # Embeddings: every categorical table fused into one weight.
+        self.embedding = FusedEmbedding([*s.user_cat, *s.cand_cat], [*s.user_cat_sizes, *s.cand_cat_sizes], d)
+        self.register_buffer("user_offsets", self.embedding.table_offsets(s.user_cat), persistent=False)
+        self.register_buffer("cand_offsets", self.embedding.table_offsets(s.cand_cat), persistent=False)
+        self.trunk_cols = [i for i, n in enumerate(s.cand_cat) if n not in tower_feats]
+        self.tower_cols = [i for i, n in enumerate(s.cand_cat) if n in tower_feats]
+        self.view_embedding = nn.Embedding(len(s.view_keys), d)
+        self.user_dense = nn.Linear(len(s.user_dense), m.dense_hidden) if s.user_dense else None
+        self.cand_dense = nn.Linear(len(s.cand_dense), m.dense_hidden) if s.cand_dense else None
+
+        # Sequence: encoder per unique user, target attention per impression.
+        self.sequence: SequenceEncoder | None = None
+        if cfg.sequence is not None and m.sequence.enabled:
+            q = m.sequence
+            self.sequence = SequenceEncoder(
+                d, cfg.sequence.num_actions, q.time_buckets, q.layers, q.heads, q.ff_mult, q.dropout,
+                q.last_k, q.window_mask_prob, q.window_max_seconds,
+            )
+            self.target_attention = TargetAttention(d)
+            self.item_col = s.cand_cat.index(cfg.sequence.item_feature)
+            self.item_offset = int(self.embedding.table_offsets([cfg.sequence.item_feature])[0])
+
+        user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
+        user_dim += self.sequence.out_dim if self.sequence else 0
+        cand_dim = len(self.trunk_cols) * d + (m.dense_hidden if s.cand_dense else 0)
+        cand_dim += d if self.sequence else 0
+
+        # Shared trunk: MMoE, then the DCNv2 projection that shrinks its output.
+        tasks = len(s.tasks)
+        self.mmoe = MMoE(
+            user_dim, cand_dim, m.mmoe.experts, m.mmoe.expert_hidden, m.mmoe.expert_dim,
+            len(s.surfaces), tasks, enabled=m.mmoe.enabled,
+        )
+        self.projection = DCNv2Projection(tasks * m.mmoe.expert_dim, m.dcn.layers, m.dcn.rank, m.dcn.out_dim)
+
+        # Towers: late fusion of the view type plus each surface's own tower features.
+        late_view = len(self.tower_cols)  # the view-type embedding is the last late column
+        tower_names = [s.cand_cat[i] for i in self.tower_cols]
+        if m.tower.per_surface:
+            late_columns = [
+                [j for j, n in enumerate(tower_names) if sn in tower_feats[n]] + [late_view] for sn in s.surfaces
+            ]
+            tower_of_surface = list(range(len(s.surfaces)))
+        else:
+            late_columns = [list(range(len(tower_names))) + [late_view]]
+            tower_of_surface = [0] * len(s.surfaces)
+        self.towers = TowerTree(m.dcn.out_dim, late_columns, d, m.tower.hidden, tasks, tower_of_surface)
+
+        # Calibration keyed by view type, surface or nothing.
+        self.calibration_scope = m.calibration.scope
+        keys = {"view_type": len(s.view_keys), "surface": len(s.surfaces), "global": 1}[self.calibration_scope]
+        self.calibration = LogitCalibration(keys, tasks)
+
+    def forward(self, b: Batch) -> Tensor:
+        u, n = b.num_users, b.num_rows
+        d = self.cfg.model.embedding_dim
+
+        # 1. One fused lookup: user features [U·Fu], candidate features [N·Fc], sequence items [U·L].
+        rows = [(b.user_cat + self.user_offsets).flatten(), (b.cand_cat + self.cand_offsets).flatten()]
+        if self.sequence is not None:
+            rows.append((b.seq_item + self.item_offset).flatten())
+        emb = self.embedding(torch.cat(rows))
+        sizes = [r.numel() for r in rows]
+        parts = emb.split(sizes)
+        user_emb = parts[0].view(u, -1, d)
+        cand_emb = parts[1].view(n, -1, d)
+
+        # 2. User side, once per unique user.
+        user_parts = [user_emb.flatten(1)]
+        if self.user_dense is not None:
+            user_parts.append(torch.relu(self.user_dense(b.user_dense)))
+        if self.sequence is not None:
+            seq_emb = parts[2].view(u, -1, d)
+            tokens, tok_mask, summary = self.sequence(seq_emb, b.seq_action, b.seq_age, b.seq_mask)
+            user_parts.append(summary)
+        user_vec = torch.cat(user_parts, dim=1)
+
+        # 3. Candidate side, per impression; the target attention is where user meets candidate.
+        cand_parts = [cand_emb[:, self.trunk_cols].flatten(1)]
+        if self.cand_dense is not None:
+            cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
+        if self.sequence is not None:
+            cand_parts.append(self.target_attention(cand_emb[:, self.item_col], tokens, tok_mask, b.user_index))
+        cand_vec = torch.cat(cand_parts, dim=1)
+
+        # 4. Shared trunk: MMoE over [user[user_index] ‖ candidate], then the DCNv2 projection.
+        experts = self.mmoe(user_vec, cand_vec, b.user_index, b.surface)
+        z = self.projection(experts.flatten(1))
+
+        # 5. Per-surface towers with late fusion (tower features + view type).
+        late = torch.cat([cand_emb[:, self.tower_cols], self.view_embedding(b.view_key)[:, None]], dim=1)
+        logits = self.towers(z, late, b.surface)
+
+        # 6. Learned calibration per (key, task).
+        return self.calibration(logits, self.calibration_key(b))
+
+    def calibration_key(self, b: Batch) -> Tensor:
+        if self.calibration_scope == "view_type":
+            return b.view_key
+        if self.calibration_scope == "surface":
+            return b.surface
+        return torch.zeros_like(b.surface)
+
+    @torch.inference_mode()
+    def predict(self, b: Batch) -> Tensor:
+        """Probabilities `[N, T]` in eval mode."""
+        was = self.training
+        self.eval()
+        try:
+            return torch.sigmoid(self(b).float())
+        finally:
+            self.train(was)
+
+
+def masked_bce(logits: Tensor, b: Batch, weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Weighted sum over tasks of the mean BCE on the rows where each task applies.
+
+    Returns (loss, per-task mean losses).
+    """
+    per = nn.functional.binary_cross_entropy_with_logits(logits.float(), b.labels, reduction="none")
+    mask = b.label_mask.float()
+    per_task = (per * mask).sum(0) / mask.sum(0).clamp_min(1.0)
+    return (per_task * weights).sum(), per_task.detach()

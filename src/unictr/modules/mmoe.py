@@ -1,0 +1,49 @@
+"""Multi-gate mixture of experts with one softmax gate per (surface, task)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from unictr.modules.broadcast import BroadcastLinear
+
+
+class MMoE(nn.Module):
+    """Experts shared by every surface and task; each (surface, task) mixes them with its own gate.
+
+    Inputs arrive split into the per-user part and the per-impression part (see BroadcastLinear).
+    Returns `[N, tasks, expert_dim]`. With `enabled=False` one expert serves every task (ablation).
+    """
+
+    def __init__(
+        self,
+        user_dim: int,
+        cand_dim: int,
+        experts: int,
+        hidden: int,
+        out_dim: int,
+        surfaces: int,
+        tasks: int,
+        enabled: bool = True,
+    ) -> None:
+        super().__init__()
+        self.experts = experts if enabled else 1
+        self.hidden, self.out_dim = hidden, out_dim
+        self.surfaces, self.tasks = surfaces, tasks
+        self.first = BroadcastLinear(user_dim, cand_dim, self.experts * hidden)
+        self.w2 = nn.Parameter(torch.empty(self.experts, hidden, out_dim).uniform_(-1, 1) / math.sqrt(hidden))
+        self.b2 = nn.Parameter(torch.zeros(self.experts, out_dim))
+        self.gate = BroadcastLinear(user_dim, cand_dim, surfaces * tasks * self.experts) if enabled else None
+
+    def forward(self, user: Tensor, cand: Tensor, user_index: Tensor, surface: Tensor) -> Tensor:
+        n = cand.shape[0]
+        h = torch.relu(self.first(user, cand, user_index)).view(n, self.experts, self.hidden)
+        out = torch.relu(torch.einsum("neh,eho->neo", h, self.w2) + self.b2)  # [N, E, O]
+        if self.gate is None:
+            return out.expand(n, self.tasks, self.out_dim)
+        logits = self.gate(user, cand, user_index).view(n, self.surfaces, self.tasks * self.experts)
+        own = logits.gather(1, surface.view(n, 1, 1).expand(n, 1, logits.shape[2]))  # the row's surface
+        weights = own.view(n, self.tasks, self.experts).softmax(dim=-1)
+        return torch.einsum("nte,neo->nto", weights, out)

@@ -1,0 +1,65 @@
+"""Per-surface tower trees: an MLP over the trunk output, late fusion, one head per task."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def mlp(in_dim: int, widths: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for w in widths:
+        layers += [nn.Linear(in_dim, w), nn.ReLU()]
+        in_dim = w
+    return nn.Sequential(*layers)
+
+
+class SurfaceTower(nn.Module):
+    """MLP(trunk) ‖ late features (the surface's own) → one logit per task."""
+
+    def __init__(self, in_dim: int, late_dim: int, hidden: list[int], tasks: int) -> None:
+        super().__init__()
+        self.mlp = mlp(in_dim, hidden)
+        self.heads = nn.Linear((hidden[-1] if hidden else in_dim) + late_dim, tasks)
+
+    def forward(self, z: Tensor, late: Tensor) -> Tensor:
+        return self.heads(torch.cat([self.mlp(z), late], dim=1))
+
+
+class TowerTree(nn.Module):
+    """One tower per surface, each run only on its own rows (index-select, not masking).
+
+    `late_columns[i]` lists which columns of the late-feature tensor tower `i` fuses. With a single
+    tower every row is its row, so no selection happens (the exported-surface and shared-tower case).
+    `tower_of_surface` maps a surface index to its tower.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        late_columns: list[list[int]],
+        late_dim: int,
+        hidden: list[int],
+        tasks: int,
+        tower_of_surface: list[int],
+    ) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList(
+            SurfaceTower(in_dim, len(cols) * late_dim, hidden, tasks) for cols in late_columns
+        )
+        self.late_columns = [list(c) for c in late_columns]
+        self.register_buffer("tower_of_surface", torch.tensor(tower_of_surface, dtype=torch.int64), persistent=False)
+        self.tasks = tasks
+
+    def forward(self, z: Tensor, late: Tensor, surface: Tensor) -> Tensor:
+        """z `[N, P]`, late `[N, F_late, D]`, surface `[N]` → logits `[N, tasks]`."""
+        if len(self.towers) == 1:
+            return self.towers[0](z, late[:, self.late_columns[0]].flatten(1))
+        tower = self.tower_of_surface[surface]
+        logits = z.new_zeros(z.shape[0], self.tasks)
+        for i, t in enumerate(self.towers):
+            rows = torch.nonzero(tower == i, as_tuple=True)[0]
+            if rows.numel():
+                out = t(z[rows], late[rows][:, self.late_columns[i]].flatten(1))
+                logits = logits.index_copy(0, rows, out.to(logits.dtype))
+        return logits

@@ -1,0 +1,77 @@
+"""Scoring a split and slicing metrics by surface, view type and task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from unictr.data.batch import Batch, Schema
+from unictr.metrics import metric_block
+from unictr.model import UnifiedCTR
+
+
+def user_chunks(b: Batch, rows: int) -> Iterator[Batch]:
+    """Consecutive sub-batches of whole users holding about `rows` impressions each.
+
+    Assumes rows are grouped by user in user order (what the reader produces).
+    """
+    counts = torch.bincount(b.user_index, minlength=b.num_users)
+    ends = torch.cumsum(counts, 0)
+    cuts = torch.searchsorted(ends, torch.arange(rows, int(ends[-1]) + rows, rows), right=True).tolist()
+    start = 0
+    for cut in [*cuts, b.num_users]:
+        if cut > start:
+            yield b.take_users(torch.arange(start, cut))
+            start = cut
+
+
+@torch.inference_mode()
+def predict(model: UnifiedCTR, b: Batch, rows: int = 32768, device: torch.device | None = None) -> np.ndarray:
+    """Probabilities `[N, T]` for every row of `b`, in `b`'s row order."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    outs = [model.predict(chunk.to(device)).cpu() for chunk in user_chunks(b, rows)]
+    return torch.cat(outs).numpy() if outs else np.zeros((0, len(model.schema.tasks)), dtype=np.float32)
+
+
+def sliced_metrics(schema: Schema, b: Batch, probs: np.ndarray) -> dict[str, Any]:
+    """The metrics.json contract: per surface × task (with per view type), and overall per task."""
+    labels = b.labels.numpy()
+    applies = b.label_mask.numpy()
+    surface = b.surface.numpy()
+    view_key = b.view_key.numpy()
+    p_true = None if b.p_true is None else b.p_true.numpy()
+
+    def block(rows: np.ndarray, t: int) -> dict[str, Any]:
+        rows = rows & applies[:, t]
+        return metric_block(labels[rows, t], probs[rows, t], None if p_true is None else p_true[rows, t])
+
+    out: dict[str, Any] = {"surfaces": {}, "overall": {}}
+    for si, sname in enumerate(schema.surfaces):
+        on_surface = surface == si
+        surf: dict[str, Any] = {}
+        for ti, tname in enumerate(schema.tasks):
+            if not schema.task_mask[si][ti]:
+                continue
+            surf[tname] = block(on_surface, ti)
+        views: dict[str, Any] = {}
+        for ki, (ks, vname) in enumerate(schema.view_keys):
+            if ks == sname:
+                views[vname] = {
+                    tname: block(view_key == ki, ti)
+                    for ti, tname in enumerate(schema.tasks)
+                    if schema.task_mask[si][ti]
+                }
+        surf["view_types"] = views
+        out["surfaces"][sname] = surf
+    everywhere = np.ones(len(labels), dtype=bool)
+    for ti, tname in enumerate(schema.tasks):
+        out["overall"][tname] = block(everywhere, ti)
+    return out
+
+
+def evaluate(model: UnifiedCTR, b: Batch, device: torch.device | None = None) -> dict[str, Any]:
+    return sliced_metrics(model.schema, b, predict(model, b, device=device))

@@ -1,0 +1,184 @@
+"""Training: AdamW on the weighted per-task BCE, whole requests per step, a checkpoint per epoch."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from unictr.checkpoint import (
+    MODEL_FILE,
+    CheckpointError,
+    load_tensors,
+    read_manifest,
+    write_checkpoint,
+)
+from unictr.config import Config, TrainSpec
+from unictr.data.batch import Batch, Schema
+from unictr.data.reader import load_split
+from unictr.model import UnifiedCTR, masked_bce
+from unictr.train.evaluate import evaluate
+
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: 'cuda' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def setup_runtime(spec: TrainSpec) -> torch.device:
+    """Threads, seed, TF32 on CUDA; returns the device."""
+    torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    device = resolve_device(spec.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def make_optimizer(model: UnifiedCTR, spec: TrainSpec) -> torch.optim.AdamW:
+    """AdamW; the fused embedding table gets its own LR and no weight decay."""
+    table = model.embedding.weight
+    rest = [p for p in model.parameters() if p is not table]
+    return torch.optim.AdamW(
+        [
+            {"params": [table], "lr": spec.embedding_lr or spec.lr, "weight_decay": 0.0},
+            {"params": rest, "lr": spec.lr, "weight_decay": spec.weight_decay},
+        ]
+    )
+
+
+def request_minibatches(b: Batch, rows: int, generator: torch.Generator) -> Iterator[Batch]:
+    """Shuffle whole requests, then cut them into minibatches of about `rows` impressions."""
+    order = torch.randperm(b.num_users, generator=generator)
+    counts = torch.bincount(b.user_index, minlength=b.num_users)[order]
+    ends = torch.cumsum(counts, 0)
+    cuts = torch.searchsorted(ends, torch.arange(rows, int(ends[-1]) + rows, rows), right=True).tolist()
+    start = 0
+    for cut in [*cuts, b.num_users]:
+        if cut > start:
+            yield b.take_users(order[start:cut])
+            start = cut
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {"rng.torch": torch.get_rng_state()}
+    for pid, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            out[f"state.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+    return out
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        if key.startswith("state."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+
+
+def _resumable(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config without `train.epochs`, which a resumed run may raise."""
+    return {**cfg, "train": {k: v for k, v in cfg.get("train", {}).items() if k != "epochs"}}
+
+
+def train(
+    cfg: Config,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Train on `data_dir/train`, evaluate on `data_dir/eval` after each epoch, checkpoint into `run_dir`.
+
+    Returns the last manifest (with `metrics` and `history`).
+    """
+    console = console or Console()
+    data_dir, run_dir = Path(data_dir), Path(run_dir)
+    spec = cfg.train
+    device = setup_runtime(spec)
+    schema = Schema.from_config(cfg)
+    train_b = load_split(data_dir / "train", schema, cfg.data)
+    eval_b = load_split(data_dir / "eval", schema, cfg.data) if (data_dir / "eval").exists() else None
+
+    model = UnifiedCTR(cfg).to(device)
+    opt = make_optimizer(model, spec)
+    weights = torch.tensor([t.weight for t in cfg.tasks], device=device)
+    start_epoch, history = 0, []
+    if resume:
+        manifest = read_manifest(run_dir)
+        if _resumable(manifest.get("config", {})) != _resumable(cfg.model_dump(mode="json")):
+            raise CheckpointError(
+                f"{run_dir}: --resume needs the run's config (only train.epochs may change); this one differs"
+            )
+        model.load_state_dict(load_tensors(run_dir, MODEL_FILE, manifest))
+        _load_optimizer(opt, load_tensors(run_dir, OPTIMIZER_FILE, manifest))
+        start_epoch, history = manifest["train_state"]["epoch"], manifest.get("history", [])
+        console.print(f"resumed {run_dir} at epoch {start_epoch}")
+
+    manifest: dict[str, Any] = {}
+    for epoch in range(start_epoch, spec.epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(spec.seed * 1000 + epoch)
+        steps = -(-train_b.num_rows // spec.batch_size)
+        seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
+        with Progress(
+            TextColumn(f"epoch {epoch + 1}/{spec.epochs}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+            console=console, disable=not show_progress, transient=False,
+        ) as bar:
+            task = bar.add_task("train", total=steps, info="")
+            for mb in request_minibatches(train_b, spec.batch_size, gen):
+                mb = mb.to(device)
+                with autocast(device, spec.bf16):
+                    logits = model(mb)
+                loss, _ = masked_bce(logits, mb, weights)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"epoch {epoch + 1}: training loss became {loss.item()}; stopping")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                seen += mb.num_rows
+                loss_sum += loss.item() * mb.num_rows
+                rate = seen / (time.perf_counter() - t0)
+                bar.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}  {rate:,.0f} rows/s")
+        epoch_state = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_seconds": time.perf_counter() - t0,
+            "rows_per_s": seen / (time.perf_counter() - t0),
+        }
+        metrics = evaluate(model, eval_b, device) if eval_b is not None else None
+        if metrics is not None:
+            epoch_state["eval_overall"] = {t: m.get("auc") for t, m in metrics["overall"].items()}
+        history.append(epoch_state)
+        manifest = write_checkpoint(
+            run_dir,
+            cfg,
+            {MODEL_FILE: model.state_dict(), OPTIMIZER_FILE: _optimizer_tensors(opt)},
+            extra={"train_state": {"epoch": epoch + 1}, "history": history, "metrics": metrics},
+        )
+        console.print(f"epoch {epoch + 1}: " + json.dumps({k: v for k, v in epoch_state.items() if k != "epoch"}))
+    return manifest

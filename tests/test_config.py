@@ -1,0 +1,73 @@
+"""Config loading and validation messages."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from unictr.config import ConfigError, config_from_dict, load_config
+from tests.conftest import ROOT
+
+
+def _raw() -> dict:
+    return yaml.safe_load((ROOT / "configs" / "sim.yaml").read_text())
+
+
+def test_shipped_configs_validate() -> None:
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.surfaces and cfg.tasks
+
+
+def test_missing_file_named(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_wrong_type_names_key_and_value(tmp_path) -> None:
+    raw = _raw()
+    raw["model"]["embedding_dim"] = "sixteen"
+    with pytest.raises(ConfigError, match=r"model\.embedding_dim: .*integer.*'sixteen'"):
+        config_from_dict(raw, "cfg.yaml")
+
+
+def test_unknown_key_rejected() -> None:
+    raw = _raw()
+    raw["train"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError, match=r"train\.learning_rate: Extra inputs are not permitted"):
+        config_from_dict(raw)
+
+
+def test_out_of_range_value() -> None:
+    raw = _raw()
+    raw["train"]["batch_size"] = 0
+    with pytest.raises(ConfigError, match=r"train\.batch_size: .*greater than or equal to 1"):
+        config_from_dict(raw)
+
+
+def test_categorical_needs_hash_size() -> None:
+    raw = _raw()
+    del raw["features"][0]["hash_size"]
+    with pytest.raises(ConfigError, match="feature 'user_id': categorical features need hash_size"):
+        config_from_dict(raw)
+
+
+def test_task_on_unknown_surface() -> None:
+    raw = _raw()
+    raw["tasks"][1]["surfaces"] = ["home_feed", "shopping"]
+    with pytest.raises(ConfigError, match=r"tasks\.save\.surfaces: unknown surface\(s\) \['shopping'\]"):
+        config_from_dict(raw)
+
+
+def test_sequence_item_feature_must_be_candidate_categorical() -> None:
+    raw = _raw()
+    raw["sequence"]["item_feature"] = "user_id"
+    with pytest.raises(ConfigError, match="sequence.item_feature: 'user_id' must name a candidate-side"):
+        config_from_dict(raw)
+
+
+def test_bad_yaml(tmp_path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("features: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(p)

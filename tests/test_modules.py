@@ -1,0 +1,162 @@
+"""Each module on its own: shapes, masks, routing, identities."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unictr.modules.broadcast import BroadcastLinear
+from unictr.modules.calibration import LogitCalibration
+from unictr.modules.dcn import DCNv2Projection
+from unictr.modules.embedding import FusedEmbedding
+from unictr.modules.mmoe import MMoE
+from unictr.modules.sequence import SequenceEncoder, TargetAttention, random_window_mask, time_bucket
+from unictr.modules.towers import TowerTree
+
+
+def test_fused_embedding_equals_per_table_lookup() -> None:
+    torch.manual_seed(0)
+    emb = FusedEmbedding(["a", "b", "c"], [10, 7, 3], 4)
+    ids = torch.stack([torch.randint(0, 10, (5,)), torch.randint(0, 7, (5,)), torch.randint(0, 3, (5,))], 1)
+    out = emb(((ids + emb.table_offsets(["a", "b", "c"])).flatten())).view(5, 3, 4)
+    tables = emb.weight.split([10, 7, 3])
+    for j in range(3):
+        torch.testing.assert_close(out[:, j], tables[j][ids[:, j]])
+
+
+def test_fused_embedding_bags_sum() -> None:
+    emb = FusedEmbedding(["a"], [20], 3)
+    bags = torch.randint(0, 20, (4, 10))
+    torch.testing.assert_close(emb(bags), emb.weight[bags].sum(1))
+
+
+def test_time_buckets_monotone_and_clamped() -> None:
+    b = time_bucket(torch.tensor([0.0, 1.0, 3.0, 1e3, 1e12]), 16)
+    assert b.tolist() == [0, 1, 2, 9, 15]
+
+
+def _encoder(**kw) -> SequenceEncoder:
+    args = dict(dim=8, num_actions=4, time_buckets=16, layers=2, heads=2, ff_mult=2, dropout=0.0, last_k=2,
+                window_mask_prob=0.0, window_max_seconds=100.0)
+    args.update(kw)
+    return SequenceEncoder(**args)
+
+
+def _seq(u: int = 3, length: int = 6) -> tuple[torch.Tensor, ...]:
+    item = torch.randn(u, length, 8)
+    action = torch.randint(0, 4, (u, length))
+    age = torch.rand(u, length) * 1000
+    lens = torch.tensor([length, 2, 0])[:u]
+    mask = torch.arange(length)[None, :] >= (length - lens)[:, None]  # left-padded
+    return item, action, age, mask
+
+
+def test_sequence_padding_is_ignored() -> None:
+    torch.manual_seed(0)
+    enc = _encoder().eval()
+    item, action, age, mask = _seq()
+    tokens, tmask, summary = enc(item, action, age, mask)
+    assert tokens.shape == (3, 7, 8) and tmask.shape == (3, 7) and summary.shape == (3, 24)
+    assert torch.isfinite(summary).all()  # the empty sequence (user 2) included
+    noisy = torch.where(mask[..., None], item, torch.randn_like(item) * 100)
+    _, _, summary2 = enc(noisy, torch.where(mask, action, 3), torch.where(mask, age, 5.0), mask)
+    torch.testing.assert_close(summary, summary2)
+
+
+def test_window_mask_hides_only_recent_events_and_follows_seed() -> None:
+    age = torch.tensor([[500.0, 50.0, 5.0], [500.0, 50.0, 5.0]])
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    torch.manual_seed(1)
+    m1 = random_window_mask(age, mask, prob=1.0, max_seconds=1000.0)
+    torch.manual_seed(1)
+    m2 = random_window_mask(age, mask, prob=1.0, max_seconds=1000.0)
+    assert torch.equal(m1, m2)
+    for row in m1:  # masked events are a suffix of the newest ones
+        kept = row.tolist()
+        assert kept == sorted(kept, reverse=True)
+    assert random_window_mask(age, mask, prob=0.0, max_seconds=1000.0).all()
+
+
+def test_window_mask_only_in_training() -> None:
+    torch.manual_seed(0)
+    enc = _encoder(window_mask_prob=1.0, window_max_seconds=1e9)
+    item, action, age, mask = _seq()
+    enc.eval()
+    a = enc(item, action, age, mask)[2]
+    b = enc(item, action, age, mask)[2]
+    torch.testing.assert_close(a, b)
+    enc.train()
+    c = enc(item, action, age, mask)[2]
+    assert not torch.allclose(a[:2], c[:2])  # a 1e9 s window hides every event of the users that had some
+
+
+def test_target_attention_uses_own_users_events() -> None:
+    torch.manual_seed(0)
+    att = TargetAttention(8)
+    tokens = torch.randn(2, 4, 8)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    q = torch.randn(3, 8)
+    ui = torch.tensor([0, 1, 1])
+    out = att(q, tokens, mask, ui)
+    tokens2 = tokens.clone()
+    tokens2[0] += 1.0  # changing user 0 changes only row 0
+    out2 = att(q, tokens2, mask, ui)
+    assert not torch.allclose(out[0], out2[0])
+    torch.testing.assert_close(out[1:], out2[1:])
+
+
+def test_broadcast_linear_equals_linear_on_repeated_rows() -> None:
+    torch.manual_seed(0)
+    lin = BroadcastLinear(5, 3, 4)
+    u, c, ui = torch.randn(2, 5), torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 1, 0])
+    full = nn.Linear(8, 4)
+    with torch.no_grad():
+        full.weight.copy_(torch.cat([lin.user.weight, lin.cand.weight], 1))
+        full.bias.copy_(lin.cand.bias)
+    torch.testing.assert_close(lin(u, c, ui), full(torch.cat([u[ui], c], 1)))
+
+
+def test_mmoe_gates_per_surface_and_task() -> None:
+    torch.manual_seed(0)
+    mmoe = MMoE(5, 3, experts=4, hidden=8, out_dim=6, surfaces=3, tasks=2)
+    u, c, ui = torch.randn(1, 5), torch.randn(4, 3).expand(4, 3).clone(), torch.zeros(4, dtype=torch.long)
+    c[:] = c[0]  # identical rows, different surfaces
+    out = mmoe(u, c, ui, torch.tensor([0, 1, 2, 0]))
+    assert out.shape == (4, 2, 6)
+    torch.testing.assert_close(out[0], out[3])
+    assert not torch.allclose(out[0], out[1]) and not torch.allclose(out[0, 0], out[0, 1])
+    single = MMoE(5, 3, experts=4, hidden=8, out_dim=6, surfaces=3, tasks=2, enabled=False)
+    s_out = single(u, c, ui, torch.tensor([0, 1, 2, 0]))
+    torch.testing.assert_close(s_out[:, 0], s_out[:, 1])
+
+
+def test_dcn_projection_shrinks() -> None:
+    for rank in (None, 4):
+        proj = DCNv2Projection(32, layers=2, rank=rank, out_dim=8)
+        assert proj(torch.randn(5, 32)).shape == (5, 8)
+    low, full = DCNv2Projection(32, 1, 4, 8), DCNv2Projection(32, 1, None, 8)
+    assert sum(p.numel() for p in low.cross.parameters()) < sum(p.numel() for p in full.cross.parameters())
+
+
+def test_towers_see_only_their_rows() -> None:
+    torch.manual_seed(0)
+    tree = TowerTree(6, late_columns=[[0, 2], [1, 2], [2]], late_dim=3, hidden=[4], tasks=2,
+                     tower_of_surface=[0, 1, 2])
+    seen: dict[int, int] = {}
+    for i, t in enumerate(tree.towers):
+        t.register_forward_hook(lambda mod, inp, out, i=i: seen.__setitem__(i, inp[0].shape[0]))
+    surface = torch.tensor([0, 1, 1, 0, 0, 1])
+    z, late = torch.randn(6, 6, requires_grad=True), torch.randn(6, 3, 3)
+    logits = tree(z, late, surface)
+    assert seen == {0: 3, 1: 3}  # tower 2 has no rows and never runs
+    logits[surface == 0].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in tree.towers[1].parameters())
+    assert z.grad[surface == 1].abs().sum() == 0
+    one = tree.towers[0](z[surface == 0], late[surface == 0][:, [0, 2]].flatten(1))
+    torch.testing.assert_close(logits[surface == 0], one)
+
+
+def test_calibration_identity_at_init() -> None:
+    cal = LogitCalibration(keys=6, tasks=3)
+    logits = torch.randn(10, 3)
+    torch.testing.assert_close(cal(logits, torch.randint(0, 6, (10,))), logits)

@@ -1,0 +1,116 @@
+"""The streaming reader: broadcast layout and error messages naming file and column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tests.conftest import random_table
+from unictr.data.batch import Schema, concat_batches
+from unictr.data.encode import hash_ids
+from unictr.data.errors import DataError
+from unictr.data.reader import encode_table, iter_batches, load_split
+
+
+def _write(tmp_path, table: pa.Table, name: str = "part-00000.parquet"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, tmp_path / name)
+    return tmp_path
+
+
+def test_broadcast_layout(sim_config) -> None:
+    schema = Schema.from_config(sim_config)
+    table = random_table(sim_config, requests=9, seed=3)
+    b = encode_table(table, schema, sim_config.data)
+    rid = table.column("request_id").to_numpy()
+    assert b.num_users == len(np.unique(rid)) and b.num_rows == table.num_rows
+    assert torch.equal(b.user_index, torch.from_numpy(np.unique(rid, return_inverse=True)[1]))
+    # user-side values come from each request's rows, hashed into range
+    first = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
+    uid = table.column("user_id").to_numpy()[first]
+    assert torch.equal(b.user_cat[:, 0], torch.from_numpy(hash_ids(uid, 40000)))
+    assert int(b.user_cat.max()) < 40000 and int(b.cand_cat.min()) >= 0
+    # sequences: left-padded, newest last, capped at max_len
+    seq = table.column("seq_item").to_pylist()
+    for u, r in enumerate(first):
+        items = seq[r][-sim_config.sequence.max_len:]
+        n = len(items)
+        assert int(b.seq_mask[u].sum()) == n
+        if n:
+            assert b.seq_mask[u, -n:].all()
+            assert torch.equal(b.seq_item[u, -n:], torch.from_numpy(hash_ids(np.array(items), 20000)))
+    assert (b.seq_age[b.seq_mask] > 0).all()
+
+
+def test_label_mask_follows_task_surfaces(sim_config) -> None:
+    schema = Schema.from_config(sim_config)
+    b = encode_table(random_table(sim_config, 30), schema, sim_config.data)
+    search = schema.surfaces.index("search")
+    save = schema.tasks.index("save")
+    assert not b.label_mask[b.surface == search, save].any()
+    assert b.label_mask[b.surface != search].all()
+
+
+def test_streaming_equals_whole(sim_config, tmp_path) -> None:
+    schema = Schema.from_config(sim_config)
+    d = _write(tmp_path / "split", random_table(sim_config, 40, seed=1))
+    _write(d, random_table(sim_config, 5, seed=2), "part-00001.parquet")
+    whole = load_split(d, schema, sim_config.data)
+    parts = list(iter_batches(d, schema, sim_config.data, batch_rows=17))
+    assert len(parts) > 2
+    streamed = concat_batches(parts)
+    assert streamed.num_rows == whole.num_rows
+    torch.testing.assert_close(streamed.cand_cat, whole.cand_cat)
+    torch.testing.assert_close(streamed.user_cat[streamed.user_index], whole.user_cat[whole.user_index])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda t: t.drop_columns(["ad_topic"]), r"missing column\(s\) \['ad_topic'\]"),
+        (lambda t: t.set_column(t.schema.get_field_index("ad_topic"), "ad_topic",
+                                pa.array([str(v) for v in t.column("ad_topic").to_pylist()])),
+         "column 'ad_topic' must be an integer type, got string"),
+        (lambda t: t.set_column(t.schema.get_field_index("surface"), "surface",
+                                pa.array(["shopping"] * t.num_rows)),
+         r"column 'surface' has unknown value\(s\) \['shopping'\]"),
+        (lambda t: t.set_column(t.schema.get_field_index("view_type"), "view_type",
+                                pa.array(["carousel"] * t.num_rows)),
+         r"column 'view_type' has unknown value\(s\) \['.*/carousel'\]"),
+        (lambda t: t.set_column(t.schema.get_field_index("ad_age_days"), "ad_age_days",
+                                pa.array([float("nan")] * t.num_rows, pa.float32())),
+         "dense column 'ad_age_days' holds NaN/inf"),
+        (lambda t: t.set_column(t.schema.get_field_index("click"), "click", pa.array([2] * t.num_rows)),
+         "label column 'click' holds values other than 0/1"),
+        (lambda t: t.set_column(t.schema.get_field_index("seq_action"), "seq_action",
+                                pa.array([[1]] * t.num_rows, pa.list_(pa.int64()))),
+         "sequence column 'seq_action' has lists of other lengths"),
+    ],
+)
+def test_errors_name_file_and_column(sim_config, tmp_path, mutate, message) -> None:
+    schema = Schema.from_config(sim_config)
+    table = random_table(sim_config, 6, seed=4)
+    d = _write(tmp_path / "bad", mutate(table))
+    with pytest.raises(DataError, match=message) as e:
+        load_split(d, schema, sim_config.data)
+    assert "part-00000.parquet" in str(e.value)
+
+
+def test_future_event_in_sequence_rejected(sim_config, tmp_path) -> None:
+    schema = Schema.from_config(sim_config)
+    t = random_table(sim_config, 3, seed=5)
+    ts = t.column("timestamp").to_pylist()
+    t = t.set_column(t.schema.get_field_index("seq_ts"), "seq_ts", pa.array([[v] for v in ts], pa.list_(pa.int64())))
+    t = t.set_column(t.schema.get_field_index("seq_item"), "seq_item", pa.array([[1]] * t.num_rows, pa.list_(pa.int64())))
+    t = t.set_column(t.schema.get_field_index("seq_action"), "seq_action",
+                     pa.array([[0]] * t.num_rows, pa.list_(pa.int64())))
+    with pytest.raises(DataError, match="'seq_ts' holds an event at or after its row's timestamp"):
+        load_split(_write(tmp_path / "fut", t), schema, sim_config.data)
+
+
+def test_missing_directory(sim_config, tmp_path) -> None:
+    with pytest.raises(DataError, match="no such data file or directory"):
+        load_split(tmp_path / "nothing", Schema.from_config(sim_config), sim_config.data)
