@@ -1,0 +1,279 @@
+"""Post-hoc calibration: fit Platt scaling or isotonic maps per scope key, apply them in torch.
+
+Fitting is pure numpy and deterministic. Isotonic maps are stored as monotone piecewise-linear knot
+tables so serving needs only comparisons, gathers and arithmetic (ONNX-exportable, no searchsorted).
+Scoped fits follow a fallback chain (view_type -> surface -> global): a key with too little data, or a
+single class, borrows the fit of its nearest ancestor that has its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Y_CLIP = 1e-6
+PLATT_L2 = 1e-6
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def fit_platt(
+    logit: np.ndarray | Sequence[float],
+    y: np.ndarray | Sequence[float],
+    w: np.ndarray | Sequence[float] | None = None,
+) -> tuple[float, float]:
+    """Fit p = sigmoid(a * logit + b) by Newton's method on the (weighted) mean log loss.
+
+    A tiny L2 (1e-6 on a and b) keeps the Hessian invertible and the answer finite on separable data;
+    step halving guarantees the objective never increases. Starts from the identity map (a=1, b=0).
+    """
+    x = np.asarray(logit, dtype=np.float64).reshape(-1)
+    t = np.asarray(y, dtype=np.float64).reshape(-1)
+    wt = np.ones_like(x) if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
+    if not x.shape == t.shape == wt.shape or x.size == 0:
+        raise ValueError(f"need equal non-empty shapes, got {x.shape}, {t.shape}, {wt.shape}")
+    wt = wt / wt.sum()
+    feats = np.stack([x, np.ones_like(x)], axis=1)
+
+    def loss(theta: np.ndarray) -> float:
+        z = feats @ theta
+        nll = np.logaddexp(0.0, z) - t * z
+        return float(wt @ nll + 0.5 * PLATT_L2 * theta @ theta)
+
+    theta = np.array([1.0, 0.0])
+    cur = loss(theta)
+    for _ in range(100):
+        p = _sigmoid(feats @ theta)
+        grad = feats.T @ (wt * (p - t)) + PLATT_L2 * theta
+        hess = (feats * (wt * p * (1.0 - p))[:, None]).T @ feats + PLATT_L2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        if np.abs(step).max() < 1e-10:
+            break
+        scale, new = 1.0, loss(theta - step)
+        while new > cur and scale > 1e-8:
+            scale *= 0.5
+            new = loss(theta - scale * step)
+        if new > cur:
+            break
+        theta, cur = theta - scale * step, new
+    return float(theta[0]), float(theta[1])
+
+
+def _pav(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pool-adjacent-violators on weighted points already sorted by strictly increasing x.
+
+    Returns, per pooled block, the index of its first point, its weighted mean y and its total weight.
+    """
+    starts: list[int] = []
+    means: list[float] = []
+    weights: list[float] = []
+    for i in range(y.size):
+        starts.append(i)
+        means.append(float(y[i]))
+        weights.append(float(w[i]))
+        while len(means) > 1 and means[-2] >= means[-1]:
+            m, wl = means.pop(), weights.pop()
+            starts.pop()
+            total = weights[-1] + wl
+            means[-1] = (means[-1] * weights[-1] + m * wl) / total
+            weights[-1] = total
+    return np.array(starts, dtype=np.int64), np.array(means), np.array(weights)
+
+
+def _mass_groups(weights: np.ndarray, n_groups: int) -> np.ndarray:
+    """Group ids (contiguous, <= n_groups) for consecutive blocks, each group holding >= total/n_groups.
+
+    Greedy: a group closes once it reaches the target mass; a light remainder joins the last group, so
+    no knot rests on a handful of rows (a lone extreme block would otherwise tilt the table's end).
+    """
+    target = weights.sum() / n_groups
+    group = np.empty(weights.size, dtype=np.int64)
+    g, acc = 0, 0.0
+    for i, w in enumerate(weights):
+        group[i] = g
+        acc += w
+        if acc >= target:
+            g, acc = g + 1, 0.0
+    if acc > 0 and g > 0:
+        group[group == g] = g - 1
+    return group
+
+
+def fit_isotonic(
+    p: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float], max_knots: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Increasing isotonic regression of y on p as a monotone piecewise-linear knot table.
+
+    Ties in p are averaged first, then PAV pools violating neighbours into constant blocks. If both
+    ends of every block fit in `max_knots`, the knots are the block ends, so linear interpolation
+    reproduces sklearn's `IsotonicRegression(out_of_bounds="clip")` exactly (constant on a block, linear
+    between blocks). Otherwise adjacent blocks are merged into <= max_knots groups of at least 1/max_knots
+    of the rows each, one knot per group at its weighted mean (p, y); merging contiguous blocks keeps
+    the table monotone.
+    Knot y values are clipped to [1e-6, 1 - 1e-6]. Returns strictly increasing x and non-decreasing y.
+    """
+    if max_knots < 2:
+        raise ValueError("max_knots must be >= 2")
+    pv = np.asarray(p, dtype=np.float64).reshape(-1)
+    yv = np.asarray(y, dtype=np.float64).reshape(-1)
+    if pv.shape != yv.shape or pv.size == 0:
+        raise ValueError(f"need equal non-empty shapes, got {pv.shape}, {yv.shape}")
+    ux, inv = np.unique(pv, return_inverse=True)
+    uw = np.bincount(inv).astype(np.float64)
+    uy = np.bincount(inv, weights=yv) / uw
+    starts, means, weights = _pav(uy, uw)
+    ends = np.r_[starts[1:], ux.size] - 1
+    xk = np.stack([ux[starts], ux[ends]], axis=1).reshape(-1)
+    yk = np.repeat(means, 2)
+    keep = np.r_[True, xk[1:] != xk[:-1]]  # a single-point block gives a duplicate knot
+    xk, yk = xk[keep], yk[keep]
+    if xk.size > max_knots:
+        group = _mass_groups(weights, max_knots)
+        block = np.repeat(np.arange(starts.size), ends - starts + 1)
+        block_x = np.bincount(block, weights=ux * uw) / weights
+        gw = np.bincount(group, weights=weights)
+        xk = np.bincount(group, weights=block_x * weights) / gw
+        yk = np.bincount(group, weights=means * weights) / gw
+    return xk, np.clip(yk, Y_CLIP, 1.0 - Y_CLIP)
+
+
+def _interp_rows(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
+    """Row-wise linear interpolation of x[N] in knot rows xk/yk[N, M], clamped at the ends.
+
+    The segment index comes from a comparison count (exportable, unlike searchsorted); repeated
+    (padding) knots give zero-width segments, which resolve to their common value.
+    """
+    m = xk.shape[1]
+    idx = ((x[:, None] >= xk).sum(dim=1) - 1).clamp(0, m - 2)[:, None]
+    x0, x1 = xk.gather(1, idx)[:, 0], xk.gather(1, idx + 1)[:, 0]
+    y0, y1 = yk.gather(1, idx)[:, 0], yk.gather(1, idx + 1)[:, 0]
+    dx = x1 - x0
+    t = ((x - x0) / torch.where(dx > 0, dx, torch.ones_like(dx))).clamp(0.0, 1.0)
+    return y0 + t * (y1 - y0)
+
+
+def apply_piecewise_linear(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
+    """Evaluate the knot table (xk, yk)[M] at x (any shape), clamping outside the knot range."""
+    if xk.shape[0] == 1:
+        return yk.expand_as(x).clone()
+    flat = x.reshape(-1)
+    rows = (flat.shape[0], xk.shape[0])
+    return _interp_rows(flat, xk.expand(rows), yk.expand(rows)).reshape(x.shape)
+
+
+def apply_piecewise_linear_keyed(x: Tensor, key: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
+    """Evaluate per-row knot tables: row i uses table `key[i]` of xk/yk[K, M] (pad with the last knot)."""
+    if xk.shape[1] == 1:
+        return yk[key, 0]
+    return _interp_rows(x, xk[key], yk[key])
+
+
+@dataclass(frozen=True)
+class ScopedCalibration:
+    """Per-key calibration parameters; row `index[k]` of each tensor belongs to key k.
+
+    Platt: `tensors = {"a": [K], "b": [K]}`. Isotonic: `{"x_knots": [K, M], "y_knots": [K, M]}` on
+    probabilities, shorter tables padded with their last knot. Fallen-back keys hold a copy of the
+    fit they use, so applying needs no chain lookup. `fallbacks[k]` = {"rows", "fell_back", "used"}.
+    """
+
+    method: Literal["platt", "isotonic"]
+    keys: tuple[Hashable, ...]
+    tensors: dict[str, Tensor]
+    fallbacks: dict[Hashable, dict[str, object]]
+
+    @property
+    def index(self) -> dict[Hashable, int]:
+        return {k: i for i, k in enumerate(self.keys)}
+
+    def key_ids(self, keys: Sequence[Hashable]) -> Tensor:
+        """Tensor row ids (long) of a sequence of keys."""
+        index = self.index
+        return torch.tensor([index[k] for k in keys], dtype=torch.long)
+
+    def apply(self, logit: Tensor, key: Tensor) -> Tensor:
+        """Calibrated probabilities for logits[N] whose keys (row ids, see `key_ids`) are key[N]."""
+        if self.method == "platt":
+            return torch.sigmoid(self.tensors["a"][key] * logit + self.tensors["b"][key])
+        return apply_piecewise_linear_keyed(
+            torch.sigmoid(logit), key, self.tensors["x_knots"], self.tensors["y_knots"]
+        )
+
+
+def _chain(key: Hashable, parents: Mapping[Hashable, Hashable | None]) -> list[Hashable]:
+    """`key` followed by its ancestors up to the root; raises on a cycle."""
+    chain = [key]
+    while (parent := parents.get(chain[-1])) is not None:
+        if parent in chain:
+            raise ValueError(f"cycle in calibration parents at {parent!r}")
+        chain.append(parent)
+    return chain
+
+
+def fit_scoped(
+    logits: np.ndarray | Sequence[float],
+    y: np.ndarray | Sequence[float],
+    keys: Sequence[Hashable] | np.ndarray,
+    parents: Mapping[Hashable, Hashable | None],
+    min_rows: int = 200,
+    method: Literal["platt", "isotonic"] = "platt",
+) -> ScopedCalibration:
+    """Fit a calibration per scope key with fallback to the parent chain.
+
+    `keys[i]` is row i's most specific key; `parents` maps each key to its parent (e.g. view_type ->
+    surface -> global). A key's rows are its own rows plus all its descendants', so the single root is
+    fitted on all rows. Keys with < `min_rows` rows or one class use the nearest ancestor's own fit.
+    Every key named in `keys` or `parents` gets a row, so unseen keys still resolve at serving time.
+    """
+    if method not in ("platt", "isotonic"):
+        raise ValueError(f"unknown calibration method {method!r}")
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    t = np.asarray(y, dtype=np.float64).reshape(-1)
+    if isinstance(keys, np.ndarray):
+        keys = keys.tolist()  # numpy scalars -> Python values, so report keys match `parents`
+    codes: dict[Hashable, int] = {}
+    leaf = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), dtype=np.int64, count=len(keys))
+    if not z.shape == t.shape == leaf.shape:
+        raise ValueError(f"shape mismatch: logits {z.shape}, y {t.shape}, keys {leaf.shape}")
+    named = [*codes, *parents, *(v for v in parents.values() if v is not None)]
+    chains = {k: _chain(k, parents) for k in named}
+    roots = {c[-1] for c in chains.values()}
+    if len(roots) != 1:
+        raise ValueError(f"calibration parents must form one tree, found roots {sorted(map(repr, roots))}")
+    root = roots.pop()
+    all_keys = tuple(sorted(chains, key=lambda k: (len(chains[k]), repr(k))))  # ancestors first
+
+    fit, inputs = (fit_platt, z) if method == "platt" else (fit_isotonic, _sigmoid(z))
+    fits: dict[Hashable, tuple] = {}
+    report: dict[Hashable, dict[str, object]] = {}
+    for k in all_keys:
+        mask = np.isin(leaf, [code for leaf_key, code in codes.items() if k in chains[leaf_key]])
+        n, pos = int(mask.sum()), float(t[mask].sum())
+        if k == root and not 0 < pos < n:
+            raise ValueError("cannot calibrate: the root scope has a single class (or no rows)")
+        if k == root or (n >= min_rows and 0 < pos < n):
+            fits[k] = fit(inputs[mask], t[mask])
+            report[k] = {"rows": n, "fell_back": False, "used": k}
+        else:
+            used = next(a for a in chains[k][1:] if a in fits)
+            report[k] = {"rows": n, "fell_back": True, "used": used}
+
+    per_key = [fits[report[k]["used"]] for k in all_keys]
+    if method == "platt":
+        a, b = np.array(per_key).T
+        tensors = {"a": torch.tensor(a, dtype=torch.float32), "b": torch.tensor(b, dtype=torch.float32)}
+    else:
+        m = max(xk.size for xk, _ in per_key)
+        padded = np.array([[np.pad(v, (0, m - v.size), mode="edge") for v in fit] for fit in per_key])
+        tensors = {
+            "x_knots": torch.tensor(padded[:, 0], dtype=torch.float32),
+            "y_knots": torch.tensor(padded[:, 1], dtype=torch.float32),
+        }
+    return ScopedCalibration(method=method, keys=all_keys, tensors=tensors, fallbacks=report)

@@ -1,0 +1,199 @@
+"""Offline evaluation metrics for binary engagement labels (pure numpy, vectorised).
+
+Ranking (AUC), probability quality (log loss, normalized entropy) and calibration (ratio, equal-mass
+ECE, reliability bins), plus a paired bootstrap interval for the AUC difference of two models. Labels
+are 0/1, predictions are probabilities. Every metric returns nan where it is undefined (one class
+absent, empty input) instead of raising, so a report over many slices never breaks on a thin one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+EPS = 1e-7
+_CHUNK_CELLS = 4_000_000  # bootstrap works on [resamples, rows] blocks of at most this many cells
+
+
+def _as_arrays(y: np.ndarray | Sequence[float], *preds: np.ndarray | Sequence[float]) -> list[np.ndarray]:
+    """1-D float64 copies of the label and prediction arrays; raises on a shape mismatch."""
+    out = [np.asarray(a, dtype=np.float64).reshape(-1) for a in (y, *preds)]
+    if any(a.shape != out[0].shape for a in out):
+        raise ValueError(f"shape mismatch: {[a.shape for a in out]}")
+    return out
+
+
+class _AucPlan:
+    """Score-order layout of one model's predictions, reusable for any row weighting.
+
+    A positive beats every negative scored below it and half-beats the negatives tied with it (the
+    average-rank / Mann-Whitney statistic, equal to the trapezoidal ROC area). With negatives in
+    ascending score order, `lo`/`hi` are each positive's count of negatives scored strictly below /
+    at most its score, so a weighting's AUC needs one cumulative sum over the negatives.
+    """
+
+    def __init__(self, pos: np.ndarray, p: np.ndarray) -> None:
+        order = np.argsort(p, kind="stable")
+        pos_sorted = pos[order]
+        self.neg_idx = order[~pos_sorted]
+        self.pos_idx = order[pos_sorted]
+        s_neg, s_pos = p[self.neg_idx], p[self.pos_idx]
+        self.lo = np.searchsorted(s_neg, s_pos, side="left")
+        self.hi = np.searchsorted(s_neg, s_pos, side="right")
+
+    def auc(self, w: np.ndarray) -> np.ndarray:
+        """AUC under row weights `w[..., n]`; leading axes are independent weightings (nan: no class)."""
+        w_pos = w[..., self.pos_idx]
+        cum_neg = np.cumsum(w[..., self.neg_idx], axis=-1)
+        cum_neg = np.concatenate([np.zeros((*w.shape[:-1], 1), dtype=cum_neg.dtype), cum_neg], axis=-1)
+        num = (w_pos * (cum_neg[..., self.lo] + cum_neg[..., self.hi])).sum(axis=-1) / 2.0
+        den = w_pos.sum(axis=-1) * cum_neg[..., -1]
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def auc(
+    y: np.ndarray | Sequence[float],
+    p: np.ndarray | Sequence[float],
+    w: np.ndarray | Sequence[float] | None = None,
+) -> float:
+    """ROC AUC with ties counted as half (equals sklearn `roc_auc_score`, also with `sample_weight`)."""
+    if w is None:
+        y, p = _as_arrays(y, p)
+        w = np.ones_like(y)
+    else:
+        y, p, w = _as_arrays(y, p, w)
+    return float(_AucPlan(y > 0.5, p).auc(w))
+
+
+def logloss(y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float]) -> float:
+    """Mean binary cross-entropy with `p` clipped to [1e-7, 1 - 1e-7]; nan on empty input."""
+    y, p = _as_arrays(y, p)
+    if y.size == 0:
+        return math.nan
+    p = np.clip(p, EPS, 1.0 - EPS)
+    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+
+
+def normalized_entropy(y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float]) -> float:
+    """Log loss divided by the entropy of the base rate (< 1 beats predicting the mean CTR).
+
+    nan when the base rate is 0 or 1 (the reference entropy is zero).
+    """
+    y, p = _as_arrays(y, p)
+    base = float(y.mean()) if y.size else math.nan
+    if not 0.0 < base < 1.0:
+        return math.nan
+    h = -(base * math.log(base) + (1.0 - base) * math.log1p(-base))
+    return logloss(y, p) / h
+
+
+def calibration_ratio(y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float]) -> float:
+    """mean(p) / mean(y): 1 is calibrated on average, > 1 over-predicts; nan when mean(y) == 0."""
+    y, p = _as_arrays(y, p)
+    if y.size == 0 or y.sum() == 0:
+        return math.nan
+    return float(p.mean() / y.mean())
+
+
+def reliability_bins(
+    y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float], bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-mass reliability diagram: per-bin (mean_p, mean_y, count) in ascending p.
+
+    Rows are sorted by p and cut into `bins` nearly equal-count groups exactly as `np.array_split`
+    does (the first `n % bins` groups hold one extra row). Equal mass keeps every bin statistically
+    meaningful when predictions crowd near the base rate, as CTRs do. Empty bins (n < bins) are dropped.
+    """
+    if bins < 1:
+        raise ValueError("bins must be >= 1")
+    y, p = _as_arrays(y, p)
+    n = y.size
+    order = np.argsort(p, kind="stable")
+    q, r = divmod(n, bins)
+    sizes = np.full(bins, q, dtype=np.int64)
+    sizes[:r] += 1
+    sizes = sizes[sizes > 0]
+    bin_id = np.repeat(np.arange(sizes.size), sizes)
+    mean_p = np.bincount(bin_id, weights=p[order], minlength=sizes.size) / sizes
+    mean_y = np.bincount(bin_id, weights=y[order], minlength=sizes.size) / sizes
+    return mean_p, mean_y, sizes
+
+
+def ece(y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float], bins: int = 15) -> float:
+    """Expected calibration error over equal-mass bins: sum_b (n_b / n) * |mean p_b - mean y_b|."""
+    mean_p, mean_y, count = reliability_bins(y, p, bins)
+    if count.sum() == 0:
+        return math.nan
+    return float(np.sum(count * np.abs(mean_p - mean_y)) / count.sum())
+
+
+def _json_float(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def metric_block(
+    y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float], p_true: np.ndarray | None = None
+) -> dict[str, float | int | None]:
+    """The standard metric set for one slice, JSON-safe (nan -> None).
+
+    With `p_true` (the simulator's true click probability) also reports the oracle AUC / log loss,
+    the ceiling any model can reach on the same rows.
+    """
+    y, p = _as_arrays(y, p)
+    out: dict[str, float | int | None] = {
+        "auc": _json_float(auc(y, p)),
+        "logloss": _json_float(logloss(y, p)),
+        "ne": _json_float(normalized_entropy(y, p)),
+        "calibration_ratio": _json_float(calibration_ratio(y, p)),
+        "ece": _json_float(ece(y, p)),
+        "n": int(y.size),
+    }
+    if p_true is not None:
+        out["oracle_auc"] = _json_float(auc(y, p_true))
+        out["oracle_logloss"] = _json_float(logloss(y, p_true))
+    return out
+
+
+def bootstrap_auc_diff(
+    y: np.ndarray | Sequence[float],
+    p_a: np.ndarray | Sequence[float],
+    p_b: np.ndarray | Sequence[float],
+    n_boot: int = 200,
+    seed: int = 0,
+    groups: np.ndarray | Sequence[object] | None = None,
+) -> tuple[float, float]:
+    """95% percentile interval of AUC(a) - AUC(b) under a paired bootstrap.
+
+    Rows (or whole `groups`, e.g. request ids, so correlated impressions move together) are resampled
+    with replacement; both models see the same resample. A resample is expressed as integer
+    multiplicities used as AUC weights, which is exactly the AUC of the resampled rows, so each model is
+    sorted once and all resamples are scored as a batch. Resamples lacking a class are skipped.
+    """
+    y, p_a, p_b = _as_arrays(y, p_a, p_b)
+    n = y.size
+    if groups is None:
+        gid, n_units = np.arange(n), n
+    else:
+        uniq, gid = np.unique(np.asarray(groups).reshape(-1), return_inverse=True)
+        n_units = uniq.size
+        if gid.shape != y.shape:
+            raise ValueError(f"groups has shape {gid.shape}, expected {y.shape}")
+    if n_units == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    plans = [_AucPlan(y > 0.5, p) for p in (p_a, p_b)]
+    chunk = max(1, _CHUNK_CELLS // n)
+    diffs = []
+    for lo in range(0, n_boot, chunk):
+        m = min(chunk, n_boot - lo)
+        draws = rng.integers(0, n_units, size=(m, n_units)) + n_units * np.arange(m)[:, None]
+        mult = np.bincount(draws.ravel(), minlength=m * n_units).reshape(m, n_units)[:, gid]
+        diffs.append(plans[0].auc(mult) - plans[1].auc(mult))
+    d = np.concatenate(diffs)
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        return math.nan, math.nan
+    lo_q, hi_q = np.percentile(d, [2.5, 97.5])
+    return float(lo_q), float(hi_q)
