@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from unictr.config import ConfigError, config_from_dict, load_config
 from tests.conftest import ROOT
+from unictr.config import ConfigError, config_from_dict, load_config
 
 
 def _raw() -> dict:

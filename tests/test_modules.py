@@ -18,7 +18,7 @@ def test_fused_embedding_equals_per_table_lookup() -> None:
     torch.manual_seed(0)
     emb = FusedEmbedding(["a", "b", "c"], [10, 7, 3], 4)
     ids = torch.stack([torch.randint(0, 10, (5,)), torch.randint(0, 7, (5,)), torch.randint(0, 3, (5,))], 1)
-    out = emb(((ids + emb.table_offsets(["a", "b", "c"])).flatten())).view(5, 3, 4)
+    out = emb((ids + emb.table_offsets(["a", "b", "c"])).flatten()).view(5, 3, 4)
     tables = emb.weight.split([10, 7, 3])
     for j in range(3):
         torch.testing.assert_close(out[:, j], tables[j][ids[:, j]])

@@ -127,6 +127,9 @@ class CalibrationSpec(_Strict):
 
 class ModelSpec(_Strict):
     embedding_dim: int = Field(default=16, ge=1)
+    interaction: bool = Field(
+        default=True, description="Pairwise dot products of the user and candidate embeddings enter the trunk."
+    )
     dense_hidden: int = Field(default=16, ge=1, description="Width of the dense-feature projection.")
     sequence: SequenceModelSpec = SequenceModelSpec()
     mmoe: MMoESpec = MMoESpec()
@@ -140,6 +143,10 @@ class TrainSpec(_Strict):
     lr: float = Field(default=2e-3, gt=0)
     embedding_lr: float | None = Field(default=None, gt=0, description="Embedding-table LR; null = lr.")
     weight_decay: float = Field(default=1e-5, ge=0)
+    schedule: Literal["constant", "cosine"] = Field(
+        default="cosine", description="LR schedule over the whole run: constant, or linear warm-up then cosine to 0."
+    )
+    warmup_steps: int = Field(default=100, ge=0, description="Linear warm-up steps (cosine schedule).")
     epochs: int = Field(default=2, ge=1)
     seed: int = 0
     threads: int = Field(default=2, ge=1, description="torch intra-op threads.")

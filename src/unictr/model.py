@@ -15,6 +15,7 @@ from unictr.data.batch import Batch, Schema
 from unictr.modules.calibration import LogitCalibration
 from unictr.modules.dcn import DCNv2Projection
 from unictr.modules.embedding import FusedEmbedding
+from unictr.modules.interaction import DotInteraction
 from unictr.modules.mmoe import MMoE
 from unictr.modules.sequence import SequenceEncoder, TargetAttention
 from unictr.modules.towers import TowerTree
@@ -57,6 +58,12 @@ class UnifiedCTR(nn.Module):
         user_dim += self.sequence.out_dim if self.sequence else 0
         cand_dim = len(self.trunk_cols) * d + (m.dense_hidden if s.cand_dense else 0)
         cand_dim += d if self.sequence else 0
+        # Explicit crosses: dot products among user fields, candidate trunk fields (and the sequence summary).
+        self.interaction: DotInteraction | None = None
+        if m.interaction:
+            fields = len(s.user_cat) + len(self.trunk_cols) + (1 if self.sequence else 0)
+            self.interaction = DotInteraction(fields)
+            cand_dim += self.interaction.out_dim
 
         # Shared trunk: MMoE, then the DCNv2 projection that shrinks its output.
         tasks = len(s.tasks)
@@ -112,8 +119,13 @@ class UnifiedCTR(nn.Module):
         cand_parts = [cand_emb[:, self.trunk_cols].flatten(1)]
         if self.cand_dense is not None:
             cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
+        fields = [user_emb[b.user_index], cand_emb[:, self.trunk_cols]]
         if self.sequence is not None:
-            cand_parts.append(self.target_attention(cand_emb[:, self.item_col], tokens, tok_mask, b.user_index))
+            attended = self.target_attention(cand_emb[:, self.item_col], tokens, tok_mask, b.user_index)
+            cand_parts.append(attended)
+            fields.append(attended[:, None])
+        if self.interaction is not None:
+            cand_parts.append(self.interaction(torch.cat(fields, dim=1)))
         cand_vec = torch.cat(cand_parts, dim=1)
 
         # 4. Shared trunk: MMoE over [user[user_index] ‖ candidate], then the DCNv2 projection.

@@ -184,10 +184,8 @@ def _sequences(
     table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded [U, L] item/action/age/mask tensors holding each user's newest L events."""
-    u = len(starts)
     if schema.sequence is None:
-        z = torch.zeros((u, 1), dtype=torch.int64)
-        return z, z.clone(), torch.zeros((u, 1)), torch.zeros((u, 1), dtype=torch.bool)
+        return no_sequences(len(starts))
     spec = schema.sequence
     cols = [spec.item_column, spec.action_column, spec.time_column]
     parts = [_list_column(table, c, source) for c in cols]
@@ -195,12 +193,38 @@ def _sequences(
     for c, (o, _) in zip(cols[1:], parts[1:], strict=True):
         if not np.array_equal(o, off):
             raise DataError(f"{source}: sequence column {c!r} has lists of other lengths than {cols[0]!r}")
-    lo, hi = off[starts], off[starts + 1]
+    items, actions, times = (v for _, v in parts)
+    return pad_sequences(off[starts], off[starts + 1], items, actions, times, req_ts, schema, source)
+
+
+def no_sequences(users: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The placeholder sequence tensors (`L` = 1, nothing visible) of a config without a sequence."""
+    z = torch.zeros((users, 1), dtype=torch.int64)
+    return z, z.clone(), torch.zeros((users, 1)), torch.zeros((users, 1), dtype=torch.bool)
+
+
+def pad_sequences(
+    lo: np.ndarray,
+    hi: np.ndarray,
+    items: np.ndarray,
+    actions: np.ndarray,
+    times: np.ndarray,
+    req_ts: np.ndarray,
+    schema: Schema,
+    source: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded [U, L] item/action/age/mask tensors from flat event arrays.
+
+    User u's events are `items/actions/times[lo[u]:hi[u]]`, oldest first; the newest L are kept,
+    the newest at L-1. Shared by the reader and the serving request encoder so both encode alike.
+    """
+    spec = schema.sequence
+    assert spec is not None
     length = spec.max_len
     pos = hi[:, None] - length + np.arange(length)[None, :]  # newest event lands at L-1
     mask = pos >= lo[:, None]
     safe = np.where(mask, pos, 0)
-    items, actions, times = (v[safe] if len(v) else np.zeros_like(safe) for _, v in parts)
+    items, actions, times = (v[safe] if len(v) else np.zeros_like(safe) for v in (items, actions, times))
     age_ms = req_ts[:, None] - times
     if (age_ms[mask] <= 0).any():
         raise DataError(f"{source}: column {spec.time_column!r} holds an event at or after its row's timestamp")

@@ -35,11 +35,11 @@ from unictr.config import Config, DataSpec, SequenceSpec
 GENERATOR = "unictr.data.simulate"
 VERSION = 1
 
-NUM_TOPICS = 32
+NUM_TOPICS = 16
 TOPIC_GROUP = 4  # topics t and u are related when t // 4 == u // 4
 GROUP_SIMILARITY = 0.4  # similarity of two different topics of one group (same topic: 1)
-NUM_ADS = 5000
-NUM_ADVERTISERS = 500
+NUM_ADS = 1000
+NUM_ADVERTISERS = 100
 NUM_FORMATS = 4
 NUM_COUNTRIES = 20
 NUM_DEVICES = 4
@@ -174,9 +174,13 @@ class _Users:
 
 
 def _users(rng: np.random.Generator, n: int) -> _Users:
-    interest = rng.dirichlet(np.full(NUM_TOPICS, 0.12), size=n)
-    dominant = interest.argmax(1)
-    segment = np.where(rng.random(n) < 0.75, dominant, rng.integers(0, NUM_TOPICS, n))
+    # Two interests: the segment's topic (observed as user_segment) and a second one that only the
+    # action sequence reveals. Hidden per-user noise is kept small so the oracle is learnable.
+    segment = rng.integers(0, NUM_TOPICS, n)
+    second = (segment + rng.integers(1, NUM_TOPICS, n)) % NUM_TOPICS
+    interest = np.zeros((n, NUM_TOPICS))
+    interest[np.arange(n), segment] = 0.65
+    interest[np.arange(n), second] = 0.35
     activity = rng.standard_normal(n)
     country_p = 1.0 / np.arange(1, NUM_COUNTRIES + 1)
     return _Users(
@@ -188,7 +192,7 @@ def _users(rng: np.random.Generator, n: int) -> _Users:
         device=rng.choice(NUM_DEVICES, size=n, p=[0.45, 0.35, 0.15, 0.05]).astype(np.int64),
         activity=activity,
         activity_feature=_standardise(activity + 0.3 * rng.standard_normal(n)),
-        bias=0.35 * rng.standard_normal(n) + 0.15 * activity,
+        bias=0.25 * activity,
         save_propensity=0.5 * rng.standard_normal(n),
     )
 
@@ -220,8 +224,8 @@ class _Ads:
 
 def _ads(rng: np.random.Generator) -> _Ads:
     advertiser_topic = rng.permutation(np.arange(NUM_ADVERTISERS) % NUM_TOPICS)
-    advertiser_quality = 0.4 * rng.standard_normal(NUM_ADVERTISERS)
-    advertiser_size = rng.pareto(1.5, NUM_ADVERTISERS) + 0.2
+    advertiser_quality = 0.5 * rng.standard_normal(NUM_ADVERTISERS)
+    advertiser_size = rng.pareto(3.0, NUM_ADVERTISERS) + 0.5
     advertiser = rng.choice(NUM_ADVERTISERS, size=NUM_ADS, p=advertiser_size / advertiser_size.sum())
     topic = np.where(rng.random(NUM_ADS) < 0.8, advertiser_topic[advertiser], rng.integers(0, NUM_TOPICS, NUM_ADS))
     topic[:NUM_TOPICS] = np.arange(NUM_TOPICS)  # every topic has ads
@@ -235,7 +239,7 @@ def _ads(rng: np.random.Generator) -> _Ads:
         advertiser_ids=_unique_ids(rng, NUM_ADVERTISERS)[advertiser],
         topic=topic.astype(np.int64),
         format=rng.choice(NUM_FORMATS, size=NUM_ADS, p=[0.45, 0.2, 0.25, 0.1]).astype(np.int64),
-        quality=0.6 * rng.standard_normal(NUM_ADS) + advertiser_quality[advertiser],
+        quality=0.1 * rng.standard_normal(NUM_ADS) + advertiser_quality[advertiser],
         age_effect=-0.15 * age_feature,
         age_feature=age_feature,
         popularity_cdf=np.cumsum(popularity / popularity.sum())[None, :],
@@ -311,7 +315,7 @@ class _Sequences:
 def _sequences(rng: np.random.Generator, users: _Users, ads: _Ads, req: _Requests) -> _Sequences:
     """Past engagements: topics from long-term interest, except a recent burst on the intent topic."""
     user = req.user
-    length = np.minimum(rng.poisson(8.0 * np.exp(0.8 * users.activity[user])), MAX_SEQ_LEN)
+    length = np.minimum(rng.poisson(12.0 * np.exp(0.5 * users.activity[user])), MAX_SEQ_LEN)
     recent = np.minimum(length, 2 + rng.binomial(3, 0.5, len(user)))
     start = np.concatenate([[0], np.cumsum(length)])
     owner = np.repeat(np.arange(len(user)), length)
@@ -373,10 +377,10 @@ def _impressions(
 
     # Search relevance: topic similarity plus a per-impression keyword match the model sees only
     # through the bucketed query_ad_match feature (1 none .. 3 strong; 0 off search).
-    relevance = SIMILARITY[np.maximum(req.query_topic[owner], 0), ad_topic] + 0.3 * rng.standard_normal(n)
+    relevance = SIMILARITY[np.maximum(req.query_topic[owner], 0), ad_topic] + 0.1 * rng.standard_normal(n)
     query_ad_match = np.where(search, 1 + np.digitize(relevance, [0.25, 0.7]), 0)
     context = req.context_ad[owner]
-    context_sim = SIMILARITY[ads.topic[context], ad_topic] + 0.5 * (ads.advertiser[context] == ads.advertiser[ad])
+    context_sim = SIMILARITY[ads.topic[context], ad_topic] + 0.2 * (ads.advertiser[context] == ads.advertiser[ad])
 
     click_logit = (
         per_row("base") + view_offset - per_row("position_decay") * np.log1p(position)

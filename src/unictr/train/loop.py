@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,6 +59,16 @@ def make_optimizer(model: UnifiedCTR, spec: TrainSpec) -> torch.optim.AdamW:
             {"params": rest, "lr": spec.lr, "weight_decay": spec.weight_decay},
         ]
     )
+
+
+def lr_factor(spec: TrainSpec, step: int, total: int) -> float:
+    """Multiplier of the base LR at `step` of `total` (a pure function of the step, so resume needs no state)."""
+    if spec.schedule == "constant":
+        return 1.0
+    if step < spec.warmup_steps:
+        return (step + 1) / spec.warmup_steps
+    progress = (step - spec.warmup_steps) / max(1, total - spec.warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def request_minibatches(b: Batch, rows: int, generator: torch.Generator) -> Iterator[Batch]:
@@ -139,10 +150,11 @@ def train(
         console.print(f"resumed {run_dir} at epoch {start_epoch}")
 
     manifest: dict[str, Any] = {}
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    steps = -(-train_b.num_rows // spec.batch_size)  # minibatches per epoch (the last may be short)
     for epoch in range(start_epoch, spec.epochs):
         model.train()
         gen = torch.Generator().manual_seed(spec.seed * 1000 + epoch)
-        steps = -(-train_b.num_rows // spec.batch_size)
         seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
         with Progress(
             TextColumn(f"epoch {epoch + 1}/{spec.epochs}"), BarColumn(), MofNCompleteColumn(),
@@ -150,7 +162,10 @@ def train(
             console=console, disable=not show_progress, transient=False,
         ) as bar:
             task = bar.add_task("train", total=steps, info="")
-            for mb in request_minibatches(train_b, spec.batch_size, gen):
+            for i, mb in enumerate(request_minibatches(train_b, spec.batch_size, gen)):
+                factor = lr_factor(spec, epoch * steps + i, spec.epochs * steps)
+                for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                    group["lr"] = base * factor
                 mb = mb.to(device)
                 with autocast(device, spec.bf16):
                     logits = model(mb)

@@ -1,0 +1,271 @@
+"""The scoring service: FastAPI app over a model registry, reloading promoted versions without a restart.
+
+Endpoints: `POST /v1/surfaces/{surface}/score`, `GET /healthz`, `GET /v1/models`, `GET /metrics`.
+A background thread polls each surface's `pointer.json`; when the live (or shadow) version changes
+it loads the new scorer, then swaps one dict reference. A request takes its models once, at its
+start, so in-flight requests finish on the model they started with.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from unictr.checkpoint import CheckpointError
+from unictr.serving.metrics import ServingMetrics
+from unictr.serving.registry import Registry, RegistryError
+from unictr.serving.scorer import RequestError, Scorer, ScoreResult
+
+log = logging.getLogger("unictr.serving")
+
+DEFAULT_MAX_BODY_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class SurfaceModels:
+    """The scorers one request of a surface uses: the live one and, in shadow mode, the candidate."""
+
+    live: Scorer
+    shadow: Scorer | None
+
+
+class ModelStore:
+    """Loaded scorers per surface, kept in step with the registry's pointers."""
+
+    def __init__(
+        self, registry: Registry, metrics: ServingMetrics, scorer_options: dict[str, Any], poll_seconds: float
+    ) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.scorer_options = scorer_options
+        self.poll_seconds = poll_seconds
+        self._models: dict[str, SurfaceModels] = {}
+        self._surfaces: frozenset[str] = frozenset()
+        self._cache: dict[tuple[str, str], Scorer] = {}  # (surface, version): live, shadow and previous
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def get(self, surface: str) -> SurfaceModels | None:
+        return self._models.get(surface)
+
+    def known(self, surface: str) -> bool:
+        return surface in self._surfaces
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {s: {"live": None, "shadow": None} for s in sorted(self._surfaces)}
+        for surface, m in self._models.items():
+            out[surface] = {
+                "live": m.live.version,
+                "shadow": m.shadow.version if m.shadow else None,
+                "tasks": list(m.live.tasks),
+                "view_types": [v for _, v in m.live.schema.view_keys],
+                "source_run": m.live.manifest.get("source_run", {}).get("path"),
+            }
+        return out
+
+    def refresh(self) -> None:
+        """Load whatever the pointers now name; a version that fails to load leaves the old one serving."""
+        with self._refresh_lock:
+            surfaces = self.registry.surfaces()
+            models = {s: m for s, m in self._models.items() if s in surfaces}
+            for surface in surfaces:
+                try:
+                    ptr = self.registry.pointer(surface)
+                    keep = {v for v in (ptr.live, ptr.shadow, *ptr.history[-1:]) if v}
+                    current = models.get(surface)
+                    if ptr.live is None:
+                        models.pop(surface, None)
+                    elif current is None or (current.live.version, _version(current.shadow)) != (ptr.live, ptr.shadow):
+                        models[surface] = SurfaceModels(
+                            self._scorer(surface, ptr.live), self._scorer(surface, ptr.shadow) if ptr.shadow else None
+                        )
+                        if current is None or current.live.version != ptr.live:
+                            self.metrics.reloads.labels(surface).inc()
+                        log.info("%s: live %s, shadow %s", surface, ptr.live, ptr.shadow)
+                except (CheckpointError, RegistryError, OSError, ValueError) as e:
+                    self.metrics.load_errors.labels(surface).inc()
+                    log.error("%s: cannot load the registry's version (%s); still serving the old one", surface, e)
+                    continue
+                for key in [k for k in self._cache if k[0] == surface and k[1] not in keep]:
+                    del self._cache[key]
+                m = models.get(surface)
+                self.metrics.set_models(surface, m and m.live.version, m and _version(m.shadow))
+            self._models, self._surfaces = models, frozenset(surfaces)  # one reference swap each
+
+    def _scorer(self, surface: str, version: str) -> Scorer:
+        key = (surface, version)
+        if key not in self._cache:
+            self._cache[key] = Scorer.load(
+                self.registry.version_dir(surface, version), version=version, **self.scorer_options
+            )
+        return self._cache[key]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._poll, name="unictr-registry-poll", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # keep polling whatever happens; the error is logged
+                log.exception("registry refresh failed")
+
+
+def _version(scorer: Scorer | None) -> str | None:
+    return scorer.version if scorer else None
+
+
+class ShadowRunner:
+    """Scores requests with the shadow model on one worker thread, off the response path.
+
+    At most `max_pending` requests wait; more are skipped (and counted), so shadowing never
+    queues without bound or slows the live responses.
+    """
+
+    def __init__(self, metrics: ServingMetrics, max_pending: int = 4) -> None:
+        self.metrics = metrics
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unictr-shadow")
+        self._slots = threading.BoundedSemaphore(max_pending)
+
+    def submit(self, shadow: Scorer, body: bytes, live: ScoreResult) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.metrics.shadow_skipped.labels(live.surface).inc()
+            return
+        self._pool.submit(self._run, shadow, body, live)
+
+    def _run(self, shadow: Scorer, body: bytes, live: ScoreResult) -> None:
+        try:
+            self.metrics.observe_shadow(live, shadow.score(body))
+        except Exception:
+            log.exception("%s: shadow scoring with %s failed", live.surface, shadow.version)
+            self.metrics.errors.labels(live.surface, "shadow").inc()
+        finally:
+            self._slots.release()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise RequestError(f"body: {declared} bytes; at most {limit}", 413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(f"body: more than {limit} bytes", 413)
+    return bytes(body)
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def create_app(
+    registry_dir: str | Path,
+    max_unique_users: int = 256,
+    max_candidates: int = 5000,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    poll_seconds: float = 1.0,
+    threads: int | None = None,
+) -> FastAPI:
+    """The scoring app over `registry_dir`; models load at startup and follow the registry after."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    metrics = ServingMetrics()
+    store = ModelStore(
+        Registry(registry_dir), metrics, {"max_unique_users": max_unique_users, "max_candidates": max_candidates},
+        poll_seconds,
+    )
+    shadow = ShadowRunner(metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        store.refresh()
+        store.start()
+        try:
+            yield
+        finally:
+            store.stop()
+            shadow.shutdown()
+
+    app = FastAPI(title="unictr scoring service", lifespan=lifespan)
+    app.state.store = store
+    app.state.metrics = metrics
+
+    @app.post("/v1/surfaces/{surface}/score")
+    async def score(surface: str, request: Request) -> JSONResponse:
+        """Probabilities per task for every candidate of the request (format: docs/serving.md)."""
+        start = time.perf_counter()
+        models = store.get(surface)
+        if models is None:
+            if store.known(surface):
+                metrics.errors.labels(surface, "unavailable").inc()
+                return _error(503, f"surface {surface!r} has no live model; promote a version first")
+            metrics.errors.labels("unknown", "not_found").inc()
+            return _error(404, f"unknown surface {surface!r}; serving {sorted(store.summary())}")
+        try:
+            body = await _read_body(request, max_body_bytes)
+            result = await run_in_threadpool(models.live.score, body)
+        except RequestError as e:
+            metrics.errors.labels(surface, "too_large" if e.status == 413 else "validation").inc()
+            return _error(e.status, str(e))
+        except Exception:
+            log.exception("%s: scoring failed", surface)
+            metrics.errors.labels(surface, "internal").inc()
+            return _error(500, "internal error while scoring; see the server log")
+        metrics.observe_score(result, time.perf_counter() - start)
+        if models.shadow is not None:
+            shadow.submit(models.shadow, body, result)
+        return JSONResponse(result.to_json())
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "live": {s: m["live"] for s, m in store.summary().items()}}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"surfaces": store.summary()}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(
+    registry_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_concurrency: int = 64, **options: Any
+) -> None:
+    """Run the app with uvicorn (blocking). `options` go to `create_app`."""
+    import uvicorn
+
+    if not Path(registry_dir).is_dir():
+        raise RegistryError(f"{registry_dir}: no such registry directory")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(registry_dir, **options), host=host, port=port, limit_concurrency=max_concurrency,
+        timeout_graceful_shutdown=5, log_level="info",
+    )

@@ -1,0 +1,110 @@
+"""Prometheus metrics of the scoring service (every name starts with `unictr_`).
+
+Each app gets its own `CollectorRegistry`, so several apps (tests) can live in one process.
+Labels are bounded: `surface` is a registry surface (or "unknown"), `kind` a fixed error kind.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from unictr.serving.scorer import ScoreResult
+
+MEAN_WINDOW = 200  # requests in the window of unictr_mean_prediction
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "unictr_request_latency_seconds", "Score request latency (parse, encode, forward), by surface.",
+            ["surface"], registry=r,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+        self.candidates = Histogram(
+            "unictr_request_candidates", "Candidates per score request.", ["surface"], registry=r,
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+        )
+        self.unique_users = Histogram(
+            "unictr_request_unique_users", "Unique users (with candidates) per score request.", ["surface"],
+            registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        )
+        self.chunks = Counter(
+            "unictr_forward_chunks", "Model forward passes (chunks of at most max_unique_users users).", ["surface"],
+            registry=r,
+        )
+        self.chunked = Counter(
+            "unictr_chunked_requests", "Score requests split into more than one forward pass.", ["surface"], registry=r
+        )
+        self.truncated = Counter(
+            "unictr_sequences_truncated", "User sequences longer than sequence.max_len (oldest events cut).",
+            ["surface"], registry=r,
+        )
+        self.dropped_events = Counter(
+            "unictr_sequence_events_dropped", "Sequence events at or after the request time (dropped).",
+            ["surface"], registry=r,
+        )
+        self.errors = Counter(
+            "unictr_errors", "Failed requests by kind: not_found, unavailable, validation, too_large, internal.",
+            ["surface", "kind"], registry=r,
+        )
+        self.mean_prediction = Gauge(
+            "unictr_mean_prediction", f"Mean predicted probability over the last {MEAN_WINDOW} requests.",
+            ["surface", "task"], registry=r,
+        )
+        self.model_info = Gauge(
+            "unictr_model_info", "1 for each loaded model version by role (live, shadow).",
+            ["surface", "role", "version"], registry=r,
+        )
+        self.reloads = Counter("unictr_model_reloads", "Model switches picked up from the registry.", ["surface"],
+                               registry=r)
+        self.load_errors = Counter(
+            "unictr_model_load_errors", "Registry versions that failed to load (the old model stays).", ["surface"],
+            registry=r,
+        )
+        self.shadow_diff = Histogram(
+            "unictr_shadow_abs_diff", "Mean |shadow - live| probability per request.", ["surface", "task"],
+            registry=r, buckets=(1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+        )
+        self.shadow_skipped = Counter(
+            "unictr_shadow_skipped", "Requests not shadow-scored because the shadow worker was busy.", ["surface"],
+            registry=r,
+        )
+        self._window: dict[str, deque[tuple[np.ndarray, int]]] = {}
+        self._lock = threading.Lock()
+
+    def observe_score(self, result: ScoreResult, seconds: float) -> None:
+        s = result.surface
+        self.latency.labels(s).observe(seconds)
+        self.candidates.labels(s).observe(len(result.probabilities))
+        self.unique_users.labels(s).observe(result.unique_users)
+        self.chunks.labels(s).inc(result.chunks)
+        if result.chunks > 1:
+            self.chunked.labels(s).inc()
+        self.truncated.labels(s).inc(result.truncated_sequences)
+        self.dropped_events.labels(s).inc(result.dropped_events)
+        if len(result.probabilities):
+            with self._lock:
+                window = self._window.setdefault(s, deque(maxlen=MEAN_WINDOW))
+                window.append((result.probabilities.sum(0, dtype=np.float64), len(result.probabilities)))
+                mean = sum(w for w, _ in window) / sum(n for _, n in window)
+            for task, m in zip(result.tasks, mean, strict=True):
+                self.mean_prediction.labels(s, task).set(float(m))
+
+    def observe_shadow(self, live: ScoreResult, shadow: ScoreResult) -> None:
+        for j, task in enumerate(live.tasks):
+            if task in shadow.tasks and len(live.probabilities):
+                diff = np.abs(shadow.probabilities[:, shadow.tasks.index(task)] - live.probabilities[:, j]).mean()
+                self.shadow_diff.labels(live.surface, task).observe(float(diff))
+
+    def set_models(self, surface: str, live: str | None, shadow: str | None) -> None:
+        """Point unictr_model_info at the versions now loaded for `surface`."""
+        for labels in [m.labels for m in self.model_info.collect()[0].samples if m.labels["surface"] == surface]:
+            self.model_info.remove(labels["surface"], labels["role"], labels["version"])
+        for role, version in (("live", live), ("shadow", shadow)):
+            if version is not None:
+                self.model_info.labels(surface, role, version).set(1)

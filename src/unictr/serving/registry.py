@@ -1,0 +1,344 @@
+"""On-disk model registry: versions per surface, a gated atomic promote, instant rollback, shadow.
+
+Layout:
+
+    REGISTRY/<surface>/versions/v0001/     a published export (model.safetensors, manifest.json, ...)
+    REGISTRY/<surface>/pointer.json        {"live": "v0002", "history": ["v0001"], "shadow": null, ...}
+    REGISTRY/<surface>/reports/*.json      one report per promote / rollback
+
+`pointer.json` is the only thing a server reads to decide what is live; it is replaced atomically
+(temp file + rename), so a reader sees the old or the new pointer, never a torn one. Writers of one
+surface serialise on a lock file. `history` is the stack of earlier live versions that `rollback` pops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import math
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unictr.checkpoint import MANIFEST, CheckpointError, read_manifest, save_json, sha256_file
+from unictr.export import EXPORT_FORMAT, load_export, load_surface_split, probabilities, probe_batch, verify_files
+from unictr.metrics import auc, calibration_ratio
+from unictr.model import UnifiedCTR
+
+POINTER = "pointer.json"
+PUBLISHED = "published.json"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_VERSION = re.compile(r"^v(\d{4,})$")
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot be done; the message says why."""
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """What a surface serves: the live version, the versions before it, and an optional shadow."""
+
+    live: str | None = None
+    history: tuple[str, ...] = ()
+    shadow: str | None = None
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """Promotion gate: calibration ratio of `calibration_task` (default: the first task) within
+    `calibration_bounds`, and no task's AUC below the live version's by more than `auc_margin`."""
+
+    auc_margin: float = 0.01
+    calibration_bounds: tuple[float, float] = (0.8, 1.25)
+    calibration_task: str | None = None
+
+
+@dataclass
+class GateReport:
+    surface: str
+    candidate: str
+    current: str | None
+    eval_data: str | None
+    policy: GatePolicy
+    rows: int = 0
+    metrics: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    forced: bool = False
+    promoted: bool = False
+    created_at: str = field(default_factory=lambda: _now())
+    path: str | None = None  # where the registry keeps this report
+
+    @property
+    def passed(self) -> bool:
+        return all(c["passed"] for c in self.checks)
+
+    def check(self, name: str, passed: bool, detail: str) -> None:
+        self.checks.append({"name": name, "passed": bool(passed), "detail": detail})
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class Registry:
+    """A registry directory; every method reads the disk afresh, so several processes can share it."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def surfaces(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir() and _NAME.match(p.name))
+
+    def versions(self, surface: str) -> list[str]:
+        d = self._surface_dir(surface) / "versions"
+        found = [p.name for p in d.iterdir() if p.is_dir() and _VERSION.match(p.name)] if d.is_dir() else []
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def newest(self, surface: str) -> str:
+        versions = self.versions(surface)
+        if not versions:
+            raise RegistryError(f"surface {surface!r} has no published versions in {self.root}")
+        return versions[-1]
+
+    def version_dir(self, surface: str, version: str) -> Path:
+        d = self._surface_dir(surface) / "versions" / version
+        if not _VERSION.match(version) or not d.is_dir():
+            raise RegistryError(f"surface {surface!r} has no version {version!r}; it has {self.versions(surface)}")
+        return d
+
+    def pointer(self, surface: str) -> Pointer:
+        path = self._surface_dir(surface) / POINTER
+        if not path.is_file():
+            return Pointer()
+        try:
+            raw = json.loads(path.read_text())
+            return Pointer(raw.get("live"), tuple(raw.get("history", ())), raw.get("shadow"), raw.get("updated_at"))
+        except (json.JSONDecodeError, AttributeError, TypeError) as e:
+            raise RegistryError(f"{path}: unreadable pointer: {e}") from None
+
+    def listing(self) -> list[dict[str, Any]]:
+        """One row per (surface, version) with its role and where it came from."""
+        rows = []
+        for surface in self.surfaces():
+            ptr = self.pointer(surface)
+            for v in self.versions(surface):
+                info = _read_json(self.version_dir(surface, v) / PUBLISHED)
+                roles = [r for r, on in (("live", v == ptr.live), ("shadow", v == ptr.shadow),
+                                         ("previous", v in ptr.history[-1:])) if on]
+                rows.append({"surface": surface, "version": v, "role": ",".join(roles), **info})
+        return rows
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def publish(self, surface: str, export_dir: str | Path) -> str:
+        """Copy a verified export of `surface` in as the next version; returns its name. Nothing goes live."""
+        versions_dir = self._surface_dir(surface) / "versions"
+        export_dir = Path(export_dir)
+        manifest = read_manifest(export_dir)
+        if manifest.get("format") != EXPORT_FORMAT:
+            raise RegistryError(f"{export_dir}: not a surface export (run `unictr export` first)")
+        if manifest.get("surface") != surface:
+            raise RegistryError(f"{export_dir}: is an export of surface {manifest.get('surface')!r}, not {surface!r}")
+        verify_files(export_dir, manifest)
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked(surface):
+            existing = self.versions(surface)
+            version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
+            tmp = Path(tempfile.mkdtemp(dir=versions_dir, prefix=f".{version}.", suffix=".tmp"))
+            try:
+                tmp.chmod(0o755)
+                for name in [*manifest["files"], MANIFEST]:
+                    shutil.copy2(export_dir / name, tmp / name)
+                verify_files(tmp, manifest)
+                save_json({
+                    "published_at": _now(),
+                    "source": str(export_dir.resolve()),
+                    "manifest_sha256": sha256_file(tmp / MANIFEST),
+                    "source_run": manifest.get("source_run", {}).get("path"),
+                    "tasks": manifest.get("tasks"),
+                }, tmp / PUBLISHED)
+                tmp.rename(versions_dir / version)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return version
+
+    def promote(
+        self,
+        surface: str,
+        version: str | None = None,
+        eval_data: str | Path | None = None,
+        force: bool = False,
+        policy: GatePolicy | None = None,
+    ) -> GateReport:
+        """Make `version` (default: the newest) live if it passes the gate (or `force`); the report is kept.
+
+        The gate runs outside the lock; the pointer is then swapped only if the live version is still
+        the one the candidate was compared with.
+        """
+        version = version or self.newest(surface)
+        start = self.pointer(surface)
+        if version == start.live:
+            raise RegistryError(f"{surface}: {version} is already live")
+        report = run_gate(self, surface, version, start.live, eval_data, policy or GatePolicy())
+        report.forced = force and not report.passed
+        with self._locked(surface):
+            now = self.pointer(surface)
+            if now.live != start.live:
+                raise RegistryError(f"{surface}: live changed from {start.live} to {now.live} meanwhile; promote again")
+            if report.passed or force:
+                history = (*now.history, now.live) if now.live else now.history
+                self._write_pointer(surface, Pointer(version, history, None if now.shadow == version else now.shadow))
+                report.promoted = True
+            report.path = str(self._report_path(surface, f"promote-{version}"))
+            save_json(report.to_json(), Path(report.path))
+        return report
+
+    def rollback(self, surface: str) -> Pointer:
+        """Make the previous live version live again (no gate: it served before)."""
+        with self._locked(surface):
+            now = self.pointer(surface)
+            if not now.history:
+                raise RegistryError(f"{surface}: no previous version to roll back to (live: {now.live})")
+            new = Pointer(now.history[-1], now.history[:-1], None if now.shadow == now.history[-1] else now.shadow)
+            self._write_pointer(surface, new)
+            record = {"surface": surface, "action": "rollback", "from": now.live, "to": new.live, "created_at": _now()}
+            save_json(record, self._report_path(surface, f"rollback-{now.live}"))
+        return self.pointer(surface)
+
+    def set_shadow(self, surface: str, version: str | None) -> Pointer:
+        """Score `version` beside the live one on every request (None stops shadowing)."""
+        if version is not None:
+            self.version_dir(surface, version)
+        with self._locked(surface):
+            now = self.pointer(surface)
+            if version is not None and version == now.live:
+                raise RegistryError(f"{surface}: {version} is live; a shadow must be another version")
+            self._write_pointer(surface, Pointer(now.live, now.history, version))
+        return self.pointer(surface)
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _surface_dir(self, surface: str) -> Path:
+        if not _NAME.match(surface):
+            raise RegistryError(f"invalid surface name {surface!r} (letters, digits, '_', '-', '.')")
+        return self.root / surface
+
+    @contextlib.contextmanager
+    def _locked(self, surface: str) -> Iterator[None]:
+        path = self._surface_dir(surface) / ".lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _write_pointer(self, surface: str, ptr: Pointer) -> None:
+        save_json({**asdict(ptr), "history": list(ptr.history), "updated_at": _now()},
+                  self._surface_dir(surface) / POINTER)
+
+    def _report_path(self, surface: str, name: str) -> Path:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        return self._surface_dir(surface) / "reports" / f"{stamp}-{name}.json"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def run_gate(
+    registry: Registry,
+    surface: str,
+    candidate: str,
+    current: str | None,
+    eval_data: str | Path | None,
+    policy: GatePolicy,
+) -> GateReport:
+    """Check a candidate version: checksums, finite scores, calibration and AUC against the live one."""
+    report = GateReport(surface, candidate, current, None if eval_data is None else str(eval_data), policy)
+    try:
+        model, manifest = load_export(registry.version_dir(surface, candidate))
+    except CheckpointError as e:
+        report.check("checksums", False, str(e))
+        return report
+    report.check("checksums", True, "every file matches its sha256")
+    tasks = list(manifest["tasks"])
+    probe = probabilities(model, probe_batch(model.schema, surface)).numpy()
+    report.check("finite_probe", bool(np.isfinite(probe).all()), f"{probe.size} probabilities on a random probe")
+    if eval_data is None:
+        report.check("eval_data", False, "no --eval-data: calibration and AUC cannot be checked (or use --force)")
+        return report
+
+    cand = _eval_metrics(model, tasks, eval_data, surface)
+    report.rows = cand.pop("_rows")
+    report.metrics[candidate] = cand
+    finite = all(m["finite"] for m in cand.values())
+    report.check("finite", finite, f"all probabilities finite on {report.rows} eval rows" if finite else
+                 "non-finite probabilities on the eval rows")
+    task = policy.calibration_task or tasks[0]
+    if task not in cand:
+        raise RegistryError(f"calibration task {task!r} does not apply on {surface}; tasks: {tasks}")
+    ratio = cand[task]["calibration_ratio"]
+    lo, hi = policy.calibration_bounds
+    report.check("calibrated", ratio is not None and lo <= ratio <= hi,
+                 f"{task} calibration ratio {_fmt(ratio)} (bounds [{lo}, {hi}])")
+    if current is not None:
+        live_model, live_manifest = load_export(registry.version_dir(surface, current))
+        live = _eval_metrics(live_model, list(live_manifest["tasks"]), eval_data, surface)
+        live.pop("_rows")
+        report.metrics[current] = live
+        for t in (t for t in tasks if t in live):
+            a, b = cand[t]["auc"], live[t]["auc"]
+            ok = a is not None and (b is None or a >= b - policy.auc_margin)
+            report.check(f"auc_{t}", ok, f"{t} AUC {_fmt(a)} vs live {_fmt(b)} (margin {policy.auc_margin})")
+    return report
+
+
+def _eval_metrics(model: UnifiedCTR, tasks: list[str], eval_data: str | Path, surface: str) -> dict[str, Any]:
+    """Per task: AUC, calibration ratio, rows and finiteness on the eval rows of `surface`."""
+    path = Path(eval_data)
+    split = path / "eval" if (path / "eval").is_dir() else path
+    b = load_surface_split(split, model.schema, model.cfg.data, surface)
+    probs = probabilities(model, b).numpy()
+    labels = b.labels.numpy()
+    out: dict[str, Any] = {"_rows": b.num_rows}
+    for t in tasks:
+        j = model.schema.tasks.index(t)
+        p, y = probs[:, j], labels[:, j]
+        out[t] = {
+            "auc": _finite_or_none(auc(y, p)),
+            "calibration_ratio": _finite_or_none(calibration_ratio(y, p)),
+            "mean_prediction": _finite_or_none(float(p.mean())),
+            "n": int(y.size),
+            "finite": bool(np.isfinite(p).all()),
+        }
+    return out
+
+
+def _finite_or_none(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"

@@ -1,0 +1,226 @@
+"""Per-surface export: parity with the unified model (safetensors and ONNX), pruning, checksums."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from rich.console import Console
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from tests.conftest import random_table
+from unictr.checkpoint import MANIFEST, MODEL_FILE, CheckpointError, load_model, sha256_file
+from unictr.cli import app
+from unictr.config import Config
+from unictr.data.reader import load_split
+from unictr.export import (
+    ONNX_FILE,
+    ExportError,
+    export_all_surfaces,
+    export_surface,
+    load_export,
+    load_surface_split,
+    probabilities,
+    prune_config,
+    prune_state,
+)
+from unictr.model import UnifiedCTR
+from unictr.train.loop import train
+
+# --- helpers shared with test_serving.py and test_registry.py -------------------------------------------
+
+
+def small_config(cfg: Config) -> Config:
+    """The sim config with small tables, one short epoch and one thread: a test run trains in well under a second."""
+    raw = cfg.model_dump(mode="json")
+    for f in raw["features"]:
+        if f["hash_size"]:
+            f["hash_size"] = min(f["hash_size"], 512)
+    raw["train"].update(epochs=1, batch_size=64, threads=1)
+    return Config.model_validate(raw)
+
+
+def train_small_run(cfg: Config, root: Path) -> tuple[Path, Path]:
+    """(data dir, run dir) of a tiny run on random canonical data."""
+    data = root / "data"
+    for split, seed in (("train", 0), ("eval", 1)):
+        (data / split).mkdir(parents=True)
+        pq.write_table(random_table(cfg, 60, seed=seed), data / split / "part-00000.parquet")
+    train(cfg, data, root / "run", console=Console(quiet=True), show_progress=False)
+    return data, root / "run"
+
+
+def derive_export(src: Path, dst: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> Path:
+    """A valid export at `dst` whose weights are `src`'s changed in place by `change` (manifest re-signed)."""
+    shutil.copytree(src, dst)
+    weights = load_file(str(dst / MODEL_FILE))
+    change(weights)
+    save_file(weights, str(dst / MODEL_FILE))
+    manifest = json.loads((dst / MANIFEST).read_text())
+    manifest["files"] = {MODEL_FILE: sha256_file(dst / MODEL_FILE)}
+    (dst / ONNX_FILE).unlink(missing_ok=True)
+    (dst / MANIFEST).write_text(json.dumps(manifest))
+    return dst
+
+
+def table_to_request(table: pa.Table, cfg: Config, surface: str, request_time_ms: int) -> dict:
+    """A score request holding every row of `surface`: one request user per canonical request id."""
+    rows = table.filter(pa.compute.equal(table["surface"], surface)).to_pylist()
+    user_cols = [f.name for f in cfg.features if f.side == "user"]
+    cand_cols = [f.name for f in cfg.features if f.side == "candidate"]
+    users: dict[str, dict] = {}
+    candidates = []
+    for r in rows:
+        uid = f"req-{r['request_id']}"
+        users.setdefault(uid, {
+            "id": uid,
+            "features": {n: r[n] for n in user_cols},
+            "sequence": {"items": r["seq_item"], "actions": r["seq_action"], "timestamps_ms": r["seq_ts"]},
+        })
+        candidates.append({"user": uid, "features": {n: r[n] for n in cand_cols}, "view_type": r["view_type"]})
+    return {"request_time_ms": request_time_ms, "users": list(users.values()), "candidates": candidates}
+
+
+def same_time_table(cfg: Config, requests: int, seed: int) -> tuple[pa.Table, int]:
+    """A random table whose rows all share one timestamp (a single score request's time)."""
+    t = random_table(cfg, requests, seed=seed)
+    now = int(pa.compute.max(t["timestamp"]).as_py()) + 1
+    return t.set_column(t.schema.get_field_index("timestamp"), "timestamp", pa.array([now] * t.num_rows)), now
+
+
+# --- fixtures -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_run(sim_config, tmp_path_factory) -> tuple[Config, Path, Path]:
+    cfg = small_config(sim_config)
+    data, run = train_small_run(cfg, tmp_path_factory.mktemp("export"))
+    return cfg, data, run
+
+
+@pytest.fixture(scope="module")
+def unified_eval(small_run):
+    cfg, data, run = small_run
+    model, _ = load_model(run)
+    b = load_split(data / "eval", model.schema, cfg.data)
+    return model, b, probabilities(model, b)
+
+
+# --- tests ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("surface", ["home_feed", "search", "related"])
+def test_export_parity_per_surface(small_run, unified_eval, tmp_path, surface) -> None:
+    """safetensors and ONNX exports score the surface's rows like the unified model."""
+    import onnxruntime as ort
+
+    cfg, data, run = small_run
+    full, full_b, full_p = unified_eval
+    manifest = export_surface(run, surface, tmp_path / "exp", fmt="onnx")
+    model, loaded = load_export(tmp_path / "exp")
+    assert loaded == manifest
+
+    b = load_surface_split(data / "eval", model.schema, cfg.data, surface)
+    expected = full_p[full_b.surface == full.schema.surfaces.index(surface)]
+    assert b.num_rows == len(expected) > 0
+    assert (probabilities(model, b) - expected).abs().max().item() <= 1e-5
+
+    session = ort.InferenceSession(str(tmp_path / "exp" / ONNX_FILE), providers=["CPUExecutionProvider"])
+    inputs = {i.name: getattr(b, i.name).numpy() for i in session.get_inputs()}
+    assert np.abs(session.run(None, inputs)[0] - expected.numpy()).max() <= 1e-4
+
+    # only this surface: one surface, one tower, no other surface's tower features, smaller file
+    assert model.schema.surfaces == (surface,) and len(model.towers.towers) == 1
+    others = {f.name for f in cfg.features if f.towers and surface not in f.towers}
+    assert others and not others & set(model.schema.cand_cat)
+    assert (tmp_path / "exp" / MODEL_FILE).stat().st_size < (run / MODEL_FILE).stat().st_size
+    applies = [t.name for t in cfg.tasks if t.surfaces is None or surface in t.surfaces]
+    assert manifest["surface"] == surface and manifest["tasks"] == applies
+    assert set(manifest["files"]) == {MODEL_FILE, ONNX_FILE}
+    assert manifest["source_run"]["manifest_sha256"] == sha256_file(run / MANIFEST)
+    assert manifest["metrics"]["click"]["n"] > 0 and "onnx" in manifest["versions"]
+    assert manifest["calibration"]["keys"] == next(s.view_types for s in cfg.surfaces if s.name == surface)
+
+
+def test_export_cli(small_run, tmp_path) -> None:
+    _, _, run = small_run
+    for _ in range(2):  # the second export replaces the first
+        result = CliRunner().invoke(app, ["export", "--run", str(run), "--surface", "search", "--out",
+                                          str(tmp_path / "x")])
+        assert result.exit_code == 0, result.output
+    assert "model.safetensors" in result.output and set(json.loads((tmp_path / "x" / MANIFEST).read_text())["files"]) \
+        == {MODEL_FILE}
+    bad = CliRunner().invoke(app, ["export", "--run", str(run), "--surface", "nope", "--out", str(tmp_path / "y")])
+    assert bad.exit_code == 2 and "unknown surface 'nope'" in bad.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_checksum_mismatch_refused(small_run, tmp_path) -> None:
+    _, _, run = small_run
+    export_surface(run, "home_feed", tmp_path / "exp")
+    weights = load_file(str(tmp_path / "exp" / MODEL_FILE))
+    weights["calibration.bias"] += 1.0
+    save_file(weights, str(tmp_path / "exp" / MODEL_FILE))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: sha256 mismatch .* refusing to load"):
+        load_export(tmp_path / "exp")
+
+
+def test_failed_export_leaves_nothing(small_run, tmp_path, monkeypatch) -> None:
+    _, _, run = small_run
+
+    def broken(*_: object, **__: object) -> float:
+        raise ExportError("ONNX output differs from torch")
+
+    monkeypatch.setattr("unictr.export.export_onnx", broken)
+    with pytest.raises(ExportError, match="differs"):
+        export_surface(run, "search", tmp_path / "exp", fmt="onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_foreign_directory(small_run, tmp_path) -> None:
+    (tmp_path / "notes.txt").write_text("not an export")
+    with pytest.raises(ExportError, match="not a unictr export"):
+        export_surface(small_run[2], "search", tmp_path)
+
+
+def test_prune_config_keeps_every_task(sim_config) -> None:
+    pruned = prune_config(sim_config, "search")
+    assert [s.name for s in pruned.surfaces] == ["search"]
+    assert [t.surfaces for t in pruned.tasks] == [["search"], [], ["search"]]  # save does not apply on search
+    assert [f.name for f in pruned.features if f.towers] == ["query_ad_match"]
+    with pytest.raises(ExportError, match=r"unknown surface 'x'; the run knows \['home_feed', 'search', 'related'\]"):
+        prune_config(sim_config, "x")
+
+
+def test_prune_state_slices_extra_calibration_and_refuses_unknown(sim_config) -> None:
+    """Tensors added to calibration later are sliced by their key dim; unknown parameters are refused."""
+    cfg = small_config(sim_config)
+    full = UnifiedCTR(cfg)
+    pruned = UnifiedCTR(prune_config(cfg, "related"))
+    full.calibration.register_buffer("posthoc_a", torch.arange(12.0).view(6, 2))  # 6 view keys
+    pruned.calibration.register_buffer("posthoc_a", torch.zeros(2, 2))
+    state = prune_state(full, pruned, "related")
+    assert state["calibration.posthoc_a"].tolist() == [[8.0, 9.0], [10.0, 11.0]]  # related = view keys 4, 5
+
+    pruned.calibration.register_buffer("posthoc_b", torch.zeros(5))
+    full.calibration.register_buffer("posthoc_b", torch.zeros(7))
+    with pytest.raises(ExportError, match="'calibration.posthoc_b': cannot tell how shape"):
+        prune_state(full, pruned, "related")
+    del pruned.calibration.posthoc_b
+    pruned.extra = torch.nn.Linear(2, 2)
+    with pytest.raises(ExportError, match="no pruning rule for parameter 'extra.weight'"):
+        prune_state(full, pruned, "related")
+
+
+def test_export_all_surfaces(small_run, tmp_path) -> None:
+    out = export_all_surfaces(small_run[2], tmp_path)
+    assert sorted(out) == ["home_feed", "related", "search"]
+    assert all(load_export(path)[1]["surface"] == surface for surface, path in out.items())

@@ -1,0 +1,278 @@
+"""Scorer and scoring service: encoding equals the reader, chunking, validation, and a live server
+that follows promote and rollback under concurrent traffic without failing a request."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from tests.test_export import derive_export, same_time_table, small_config, table_to_request, train_small_run
+from unictr.cli import app
+from unictr.export import export_surface, load_surface_split, probabilities
+from unictr.serving.app import create_app
+from unictr.serving.registry import Registry
+from unictr.serving.scorer import RequestError, Scorer
+
+SURFACE = "search"
+
+
+@pytest.fixture(scope="module")
+def world(sim_config, tmp_path_factory):
+    """A tiny run, a `search` export (v0001) and a derived one with other scores (v0002), published."""
+    cfg = small_config(sim_config)
+    root = tmp_path_factory.mktemp("serving")
+    data, run = train_small_run(cfg, root)
+    v1 = root / "export_v1"
+    export_surface(run, SURFACE, v1)
+
+    def shift(w: dict) -> None:
+        w["calibration.bias"] += 0.5
+
+    v2 = derive_export(v1, root / "export_v2", shift)
+    registry = Registry(root / "registry")
+    assert registry.publish(SURFACE, v1) == "v0001" and registry.publish(SURFACE, v2) == "v0002"
+    registry.promote(SURFACE, "v0001", force=True)
+    table, now = same_time_table(cfg, 40, seed=7)
+    pq.write_table(table, root / "request_rows.parquet")
+    return {"cfg": cfg, "root": root, "v1": v1, "v2": v2, "registry": registry, "table": table, "now": now}
+
+
+@pytest.fixture(scope="module")
+def request_body(world) -> dict:
+    return table_to_request(world["table"], world["cfg"], SURFACE, world["now"])
+
+
+@pytest.fixture(scope="module")
+def client(world):
+    with TestClient(create_app(world["registry"].root, max_candidates=200, max_body_bytes=1 << 20,
+                               poll_seconds=0.05)) as c:
+        yield c
+
+
+def test_scorer_encodes_like_the_reader(world, request_body) -> None:
+    """Scoring a request equals the model on the same rows read from Parquet (hashing, padding, truncation)."""
+    scorer = Scorer.load(world["v1"])
+    result = scorer.score(request_body)
+    b = load_surface_split(world["root"] / "request_rows.parquet", scorer.schema, world["cfg"].data, SURFACE)
+    expected = probabilities(scorer.model, b).numpy()[:, [scorer.schema.tasks.index(t) for t in scorer.tasks]]
+    assert result.tasks == ("click", "long_click")  # save does not apply on search
+    assert result.probabilities.shape == (len(request_body["candidates"]), 2)
+    np.testing.assert_allclose(result.probabilities, expected, rtol=0, atol=1e-6)
+    assert result.unique_users == len(request_body["users"]) and result.chunks == 1
+    assert result.truncated_sequences > 0  # random_table writes sequences longer than max_len
+
+
+def test_chunking_equals_one_pass(world, request_body) -> None:
+    one = Scorer.load(world["v1"]).score(request_body)
+    chunked = Scorer.load(world["v1"], max_unique_users=3).score(request_body)
+    assert chunked.chunks == math.ceil(one.unique_users / 3) > 1
+    np.testing.assert_allclose(chunked.probabilities, one.probabilities, rtol=0, atol=1e-6)
+
+
+def test_users_deduplicated_and_sequences_cleaned(world, request_body) -> None:
+    scorer = Scorer.load(world["v1"])
+    req = copy.deepcopy(request_body)
+    base = scorer.score(req)
+    req["users"].append({**req["users"][0], "id": "nobody-refers-to-me"})
+    seq = req["users"][0]["sequence"]
+    for key in seq:  # shuffled order and a future event change nothing but the counts
+        seq[key] = seq[key][::-1]
+    seq["items"].append(5)
+    seq["actions"].append(1)
+    seq["timestamps_ms"].append(req["request_time_ms"] + 10)
+    again = scorer.score(req)
+    assert again.unique_users == base.unique_users and again.dropped_events == 1
+    np.testing.assert_array_equal(again.probabilities, base.probabilities)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "status", "message"),
+    [
+        (lambda r: r["candidates"][1]["features"].pop("ad_id"), 422, r"candidates\[1\].features.ad_id: Field required"),
+        (lambda r: r["users"][0]["features"].update(user_activity="high"), 422,
+         r"users\[0\].features.user_activity: Input should be a valid number"),
+        (lambda r: r["candidates"][0]["features"].update(ad_id=1.5), 422,
+         r"candidates\[0\].features.ad_id: Input should be a valid integer"),
+        (lambda r: r["candidates"][0].update(view_type="carousel"), 422,
+         r"candidates\[0\].view_type: Input should be 'grid' or 'full'"),
+        (lambda r: r["candidates"][2].update(user="ghost"), 422, r"candidates\[2\].user: unknown user 'ghost'"),
+        (lambda r: r["users"].append(dict(r["users"][0])), 422, r"users\[\d+\].id: duplicate user id"),
+        (lambda r: r["users"][0]["sequence"]["items"].append(1), 422,
+         r"users\[0\].sequence: items, actions and timestamps_ms differ in length"),
+        (lambda r: r["candidates"].extend(r["candidates"] * 5), 413, r"candidates: \d+ candidates, at most 200"),
+    ],
+    ids=["missing", "dense-type", "categorical-type", "view-type", "unknown-user", "duplicate-user",
+         "ragged-sequence", "too-many"],
+)
+def test_request_validation(client, request_body, mutate, status, message) -> None:
+    req = copy.deepcopy(request_body)
+    mutate(req)
+    response = client.post(f"/v1/surfaces/{SURFACE}/score", json=req)
+    assert response.status_code == status
+    assert re.search(message, response.json()["detail"]), response.json()["detail"]
+
+
+def test_service_errors_and_metrics(client, request_body) -> None:
+    assert client.post("/v1/surfaces/nope/score", json=request_body).status_code == 404
+    assert "unknown surface 'nope'" in client.post("/v1/surfaces/nope/score", json={}).json()["detail"]
+    assert client.post(f"/v1/surfaces/{SURFACE}/score", content=b"x" * (2 << 20)).status_code == 413
+    bad_json = client.post(f"/v1/surfaces/{SURFACE}/score", content=b"{not json")
+    assert bad_json.status_code == 422 and bad_json.json()["detail"].startswith("body: Invalid JSON")
+    ok = client.post(f"/v1/surfaces/{SURFACE}/score", json=request_body)
+    assert ok.status_code == 200 and ok.json()["model_version"] == "v0001"
+    assert client.get("/healthz").json() == {"status": "ok", "live": {SURFACE: "v0001"}}
+    assert client.get("/v1/models").json()["surfaces"][SURFACE]["tasks"] == ["click", "long_click"]
+
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    assert all(name.startswith("unictr_") for name in families if not name.startswith(("python_", "process_")))
+    for name in ("unictr_request_latency_seconds", "unictr_request_candidates", "unictr_request_unique_users",
+                 "unictr_forward_chunks", "unictr_errors", "unictr_mean_prediction"):
+        assert name in families, name
+    errors = {s.labels["kind"]: s.value for s in families["unictr_errors"].samples if s.name.endswith("_total")}
+    assert errors["not_found"] >= 2 and errors["too_large"] >= 1 and errors["validation"] >= 1
+    means = {s.labels["task"]: s.value for s in families["unictr_mean_prediction"].samples}
+    assert set(means) == {"click", "long_click"} and all(0 < v < 1 for v in means.values())
+
+
+def test_shadow_records_difference(world, client, request_body) -> None:
+    registry = world["registry"]
+    registry.set_shadow(SURFACE, "v0002")
+    try:
+        _wait(lambda: client.get("/v1/models").json()["surfaces"][SURFACE]["shadow"] == "v0002")
+        response = client.post(f"/v1/surfaces/{SURFACE}/score", json=request_body)
+        assert response.json()["model_version"] == "v0001"  # the shadow never answers
+
+        def shadow_count() -> float:
+            text = client.get("/metrics").text
+            return sum(s.value for f in text_string_to_metric_families(text) if f.name == "unictr_shadow_abs_diff"
+                       for s in f.samples if s.name.endswith("_count"))
+
+        _wait(lambda: shadow_count() >= 2)  # click and long_click observed
+        text = client.get("/metrics").text
+        assert 'unictr_model_info{role="shadow",surface="search",version="v0002"} 1.0' in text
+    finally:
+        registry.set_shadow(SURFACE, None)
+
+
+def _wait(cond, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_follows_promote_and_rollback_under_load(world, request_body, tmp_path) -> None:
+    """The real server process: HTTP scores equal the in-process scorer, and a promote and a rollback
+    during a bounded concurrent client loop fail no request."""
+    registry = world["registry"]
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "unictr.cli", "serve", "--registry", str(registry.root), "--port", str(port),
+         "--poll-seconds", "0.1", "--threads", "1"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        with httpx.Client(base_url=base, timeout=10) as http:
+            _wait(lambda: server.poll() is None and _up(http), timeout=60)
+            expected = {v: Scorer.load(registry.version_dir(SURFACE, v), version=v).score(request_body)
+                        for v in ("v0001", "v0002")}
+            body = json.dumps(request_body)
+            first = http.post(f"/v1/surfaces/{SURFACE}/score", content=body).json()
+            _assert_same(first, expected["v0001"])
+
+            seen, failures, done = [], [], threading.Event()
+
+            def client_loop() -> None:
+                deadline = time.monotonic() + 60
+                with httpx.Client(base_url=base, timeout=10) as c:
+                    for _ in range(1000):  # bounded in count and time; ends once both switches were seen
+                        if done.is_set() or time.monotonic() > deadline:
+                            return
+                        try:
+                            r = c.post(f"/v1/surfaces/{SURFACE}/score", content=body)
+                            if r.status_code != 200:
+                                failures.append(f"{r.status_code}: {r.text[:200]}")
+                                continue
+                            out = r.json()
+                            _assert_same(out, expected[out["model_version"]])
+                            seen.append(out["model_version"])
+                        except Exception as e:  # any failure counts
+                            failures.append(repr(e))
+
+            threads = [threading.Thread(target=client_loop) for _ in range(2)]
+            for t in threads:
+                t.start()
+            _wait(lambda: len(seen) >= 5)
+            _cli("promote", "--version", "v0002", "--force", registry=registry)
+            _wait(lambda: http.get("/healthz").json()["live"][SURFACE] == "v0002")
+            _wait(lambda: seen[-1] == "v0002")
+            _cli("rollback", registry=registry)
+            _wait(lambda: http.get("/healthz").json()["live"][SURFACE] == "v0001")
+            _wait(lambda: seen[-1] == "v0001")
+            done.set()
+            for t in threads:
+                t.join(timeout=30)
+            assert not failures, failures[:5]
+            assert {"v0001", "v0002"} <= set(seen) and len(seen) >= 10
+            assert server.poll() is None
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _cli(command: str, *args: str, registry: Registry) -> None:
+    result = CliRunner().invoke(app, ["registry", command, "--registry", str(registry.root), "--surface", SURFACE,
+                                      *args])
+    assert result.exit_code == 0, result.output
+
+
+def _up(http: httpx.Client) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _assert_same(response: dict, expected) -> None:
+    got = np.array([[p[t] for t in expected.tasks] for p in response["predictions"]], dtype=np.float32)
+    np.testing.assert_allclose(got, expected.probabilities, rtol=0, atol=1e-6)
+
+
+def test_scorer_rejects_unified_checkpoint(world) -> None:
+    from unictr.checkpoint import load_model
+
+    model, manifest = load_model(world["root"] / "run")
+    with pytest.raises(ValueError, match="needs a surface export"):
+        Scorer(model, manifest)
+    with pytest.raises(RequestError, match="body: Invalid JSON"):
+        Scorer.load(world["v1"]).score(b"[")
