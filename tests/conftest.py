@@ -52,4 +52,7 @@ def random_table(cfg: Config, requests: int = 12, seed: int = 0, max_cands: int 
         cols[s.item_column] = pa.array([items[r] for r in req], pa.list_(pa.int64()))
         cols[s.action_column] = pa.array([acts[r] for r in req], pa.list_(pa.int64()))
         cols[s.time_column] = pa.array([tss[r] for r in req], pa.list_(pa.int64()))
+        for side in s.side_features:
+            vals = [rng.integers(0, 20, size=k).tolist() for k in lens]
+            cols[side] = pa.array([vals[r] for r in req], pa.list_(pa.int64()))
     return pa.table(cols)

@@ -83,7 +83,8 @@ def table_to_request(table: pa.Table, cfg: Config, surface: str, request_time_ms
         users.setdefault(uid, {
             "id": uid,
             "features": {n: r[n] for n in user_cols},
-            "sequence": {"items": r["seq_item"], "actions": r["seq_action"], "timestamps_ms": r["seq_ts"]},
+            "sequence": {"items": r["seq_item"], "actions": r["seq_action"], "timestamps_ms": r["seq_ts"],
+                         **{c: r[c] for c in cfg.sequence.side_features}},
         })
         candidates.append({"user": uid, "features": {n: r[n] for n in cand_cols}, "view_type": r["view_type"]})
     return {"request_time_ms": request_time_ms, "users": list(users.values()), "candidates": candidates}

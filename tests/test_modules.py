@@ -97,12 +97,15 @@ def test_target_attention_uses_own_users_events() -> None:
     mask = torch.ones(2, 4, dtype=torch.bool)
     q = torch.randn(3, 8)
     ui = torch.tensor([0, 1, 1])
-    out = att(q, tokens, mask, ui)
-    tokens2 = tokens.clone()
+    raw = torch.randn(2, 3, 8)  # events without the start token
+    out = att(q, raw, tokens, mask, ui)
+    tokens2, raw2 = tokens.clone(), raw.clone()
     tokens2[0] += 1.0  # changing user 0 changes only row 0
-    out2 = att(q, tokens2, mask, ui)
-    assert not torch.allclose(out[0], out2[0])
-    torch.testing.assert_close(out[1:], out2[1:])
+    raw2[0] -= 1.0
+    for t, r in ((tokens2, raw), (tokens, raw2)):
+        out2 = att(q, r, t, mask, ui)
+        assert not torch.allclose(out[0], out2[0])
+        torch.testing.assert_close(out[1:], out2[1:])
 
 
 def test_broadcast_linear_equals_linear_on_repeated_rows() -> None:

@@ -106,8 +106,8 @@ def test_future_event_in_sequence_rejected(sim_config, tmp_path) -> None:
     t = t.set_column(t.schema.get_field_index("seq_ts"), "seq_ts", pa.array([[v] for v in ts], pa.list_(pa.int64())))
     t = t.set_column(t.schema.get_field_index("seq_item"), "seq_item",
                      pa.array([[1]] * t.num_rows, pa.list_(pa.int64())))
-    t = t.set_column(t.schema.get_field_index("seq_action"), "seq_action",
-                     pa.array([[0]] * t.num_rows, pa.list_(pa.int64())))
+    for col in ("seq_action", "seq_topic"):
+        t = t.set_column(t.schema.get_field_index(col), col, pa.array([[0]] * t.num_rows, pa.list_(pa.int64())))
     with pytest.raises(DataError, match="'seq_ts' holds an event at or after its row's timestamp"):
         load_split(_write(tmp_path / "fut", t), schema, sim_config.data)
 

@@ -93,9 +93,9 @@ def test_users_deduplicated_and_sequences_cleaned(world, request_body) -> None:
     seq = req["users"][0]["sequence"]
     for key in seq:  # shuffled order and a future event change nothing but the counts
         seq[key] = seq[key][::-1]
-    seq["items"].append(5)
-    seq["actions"].append(1)
-    seq["timestamps_ms"].append(req["request_time_ms"] + 10)
+    for key in seq:
+        seq[key].append(1)
+    seq["timestamps_ms"][-1] = req["request_time_ms"] + 10
     again = scorer.score(req)
     assert again.unique_users == base.unique_users and again.dropped_events == 1
     np.testing.assert_array_equal(again.probabilities, base.probabilities)
@@ -114,7 +114,7 @@ def test_users_deduplicated_and_sequences_cleaned(world, request_body) -> None:
         (lambda r: r["candidates"][2].update(user="ghost"), 422, r"candidates\[2\].user: unknown user 'ghost'"),
         (lambda r: r["users"].append(dict(r["users"][0])), 422, r"users\[\d+\].id: duplicate user id"),
         (lambda r: r["users"][0]["sequence"]["items"].append(1), 422,
-         r"users\[0\].sequence: items, actions and timestamps_ms differ in length"),
+         r"users\[0\].sequence: items, actions, timestamps_ms, seq_topic differ in length"),
         (lambda r: r["candidates"].extend(r["candidates"] * 5), 413, r"candidates: \d+ candidates, at most 200"),
     ],
     ids=["missing", "dense-type", "categorical-type", "view-type", "unknown-user", "duplicate-user",

@@ -57,6 +57,11 @@ class SequenceSpec(_Strict):
         description="Candidate categorical feature whose embedding table the sequence items share "
         "(the candidate is the query of the target attention)."
     )
+    side_features: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra list<int64> columns describing each event's item (e.g. its topic), mapped to the "
+        "candidate feature whose embedding table they share; the candidate's value joins the attention query.",
+    )
     num_actions: int = Field(default=8, gt=0, description="Action-type vocabulary size (ids are taken modulo).")
     max_len: int = Field(default=32, gt=0, description="Events kept per user (the newest).")
 
@@ -180,12 +185,12 @@ class Config(_Strict):
             if bad:
                 raise ValueError(f"tasks.{t.name}.surfaces: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}")
         if self.sequence is not None:
-            item = next((f for f in self.features if f.name == self.sequence.item_feature), None)
-            if item is None or item.kind != "categorical" or item.side != "candidate" or item.towers:
-                raise ValueError(
-                    f"sequence.item_feature: {self.sequence.item_feature!r} must name a candidate-side "
-                    "categorical trunk feature"
-                )
+            named = {"sequence.item_feature": self.sequence.item_feature}
+            named.update({f"sequence.side_features.{c}": n for c, n in self.sequence.side_features.items()})
+            for key, name in named.items():
+                feat = next((f for f in self.features if f.name == name), None)
+                if feat is None or feat.kind != "categorical" or feat.side != "candidate" or feat.towers:
+                    raise ValueError(f"{key}: {name!r} must name a candidate-side categorical trunk feature")
         return self
 
     # Derived views used across the package.

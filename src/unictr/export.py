@@ -51,12 +51,12 @@ EXPORT_FORMAT = "unictr-export/1"
 ONNX_FILE = "model.onnx"
 PARITY_ATOL = 1e-5  # unified vs exported, fp32 probabilities
 ONNX_ATOL = 1e-4  # torch vs onnxruntime probabilities
-# The Batch tensors the model reads, in the order the ONNX graph takes them; the first six are per user.
+# The Batch tensors the model reads, in the order the ONNX graph takes them; the first seven are per user.
 BATCH_INPUTS = (
-    "user_cat", "user_dense", "seq_item", "seq_action", "seq_age", "seq_mask",
+    "user_cat", "user_dense", "seq_item", "seq_side", "seq_action", "seq_age", "seq_mask",
     "cand_cat", "cand_dense", "surface", "view_key", "user_index",
 )
-USER_INPUTS = frozenset(BATCH_INPUTS[:6])
+USER_INPUTS = frozenset(BATCH_INPUTS[:7])
 # Parameters that every surface shares: copied unchanged.
 _SHARED_PREFIXES = (
     "user_dense.", "cand_dense.", "sequence.", "target_attention.", "mmoe.first.", "mmoe.w2", "mmoe.b2",
@@ -193,6 +193,11 @@ def probe_batch(schema: Schema, surface: str, users: int = 5, rows: int = 17, se
         user_cat=ids(users, schema.user_cat_sizes),
         user_dense=torch.randn((users, len(schema.user_dense)), generator=g),
         seq_item=torch.randint(0, schema.item_hash_size if spec else 1, (users, length), generator=g) * seq_mask,
+        seq_side=torch.stack(
+            [torch.randint(0, size, (users, length), generator=g) * seq_mask for size in schema.seq_side_sizes]
+            or [torch.zeros((users, length), dtype=torch.int64)],
+            dim=2,
+        )[..., : len(schema.seq_side_sizes)],
         seq_action=torch.randint(0, spec.num_actions if spec else 1, (users, length), generator=g) * seq_mask,
         seq_age=torch.rand((users, length), generator=g) * 1e5 * seq_mask,
         seq_mask=seq_mask,
@@ -261,6 +266,7 @@ class BatchInputs(nn.Module):
         user_cat: Tensor,
         user_dense: Tensor,
         seq_item: Tensor,
+        seq_side: Tensor,
         seq_action: Tensor,
         seq_age: Tensor,
         seq_mask: Tensor,
@@ -272,8 +278,9 @@ class BatchInputs(nn.Module):
     ) -> Tensor:
         n, tasks = cand_cat.shape[0], len(self.model.schema.tasks)
         b = Batch(
-            user_cat, user_dense, seq_item, seq_action, seq_age, seq_mask, cand_cat, cand_dense, surface, view_key,
-            user_index, labels=cand_dense.new_zeros((n, tasks)), label_mask=surface.new_zeros((n, tasks)).bool(),
+            user_cat, user_dense, seq_item, seq_side, seq_action, seq_age, seq_mask, cand_cat, cand_dense, surface,
+            view_key, user_index, labels=cand_dense.new_zeros((n, tasks)),
+            label_mask=surface.new_zeros((n, tasks)).bool(),
         )
         return torch.sigmoid(self.model(b).float())
 

@@ -53,6 +53,10 @@ class UnifiedCTR(nn.Module):
             self.target_attention = TargetAttention(d)
             self.item_col = s.cand_cat.index(cfg.sequence.item_feature)
             self.item_offset = int(self.embedding.table_offsets([cfg.sequence.item_feature])[0])
+            # each event's side features share their candidate feature's table; the candidate's join the query
+            side = list(cfg.sequence.side_features.values())
+            self.side_cols = [s.cand_cat.index(f) for f in side]
+            self.register_buffer("side_offsets", self.embedding.table_offsets(side), persistent=False)
 
         user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
         user_dim += self.sequence.out_dim if self.sequence else 0
@@ -99,6 +103,7 @@ class UnifiedCTR(nn.Module):
         rows = [(b.user_cat + self.user_offsets).flatten(), (b.cand_cat + self.cand_offsets).flatten()]
         if self.sequence is not None:
             rows.append((b.seq_item + self.item_offset).flatten())
+            rows.append((b.seq_side + self.side_offsets).flatten())
         emb = self.embedding(torch.cat(rows))
         sizes = [r.numel() for r in rows]
         parts = emb.split(sizes)
@@ -110,7 +115,10 @@ class UnifiedCTR(nn.Module):
         if self.user_dense is not None:
             user_parts.append(torch.relu(self.user_dense(b.user_dense)))
         if self.sequence is not None:
-            seq_emb = parts[2].view(u, -1, d)
+            length = b.seq_item.shape[1]
+            seq_emb = parts[2].view(u, length, d)
+            if self.side_cols:
+                seq_emb = seq_emb + parts[3].view(u, length, len(self.side_cols), d).sum(2)
             tokens, tok_mask, summary = self.sequence(seq_emb, b.seq_action, b.seq_age, b.seq_mask)
             user_parts.append(summary)
         user_vec = torch.cat(user_parts, dim=1)
@@ -121,7 +129,8 @@ class UnifiedCTR(nn.Module):
             cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
         fields = [user_emb[b.user_index], cand_emb[:, self.trunk_cols]]
         if self.sequence is not None:
-            attended = self.target_attention(cand_emb[:, self.item_col], tokens, tok_mask, b.user_index)
+            query = cand_emb[:, self.item_col] + cand_emb[:, self.side_cols].sum(1)
+            attended = self.target_attention(query, seq_emb, tokens, tok_mask, b.user_index)
             cand_parts.append(attended)
             fields.append(attended[:, None])
         if self.interaction is not None:

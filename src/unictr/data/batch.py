@@ -60,6 +60,13 @@ class Schema:
         assert self.sequence is not None
         return self.cand_cat_sizes[self.cand_cat.index(self.sequence.item_feature)]
 
+    @property
+    def seq_side_sizes(self) -> tuple[int, ...]:
+        """Hash size of each sequence side column (that of the candidate feature it shares a table with)."""
+        if self.sequence is None:
+            return ()
+        return tuple(self.cand_cat_sizes[self.cand_cat.index(f)] for f in self.sequence.side_features.values())
+
     def view_key_surface(self) -> list[int]:
         """Surface index of each flattened (surface, view type) key."""
         return [self.surfaces.index(s) for s, _ in self.view_keys]
@@ -72,6 +79,7 @@ class Batch:
     user_cat: Tensor  # [U, Fu] int64
     user_dense: Tensor  # [U, Du] float32
     seq_item: Tensor  # [U, L] int64
+    seq_side: Tensor  # [U, L, Ks] int64: side features of each event's item (Ks may be 0)
     seq_action: Tensor  # [U, L] int64
     seq_age: Tensor  # [U, L] float32 seconds
     seq_mask: Tensor  # [U, L] bool, left-padded
@@ -115,7 +123,7 @@ class Batch:
         return self._take(ui, torch.arange(self.num_rows), torch.arange(self.num_rows))
 
     def _take(self, users: Tensor, rows: Tensor, user_index: Tensor) -> Batch:
-        user_fields = {"user_cat", "user_dense", "seq_item", "seq_action", "seq_age", "seq_mask"}
+        user_fields = {"user_cat", "user_dense", "seq_item", "seq_side", "seq_action", "seq_age", "seq_mask"}
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)

@@ -39,7 +39,7 @@ def required_columns(schema: Schema, keys: DataSpec) -> list[str]:
     cols += [*schema.user_cat, *schema.user_dense, *schema.cand_cat, *schema.cand_dense, *schema.labels]
     if schema.sequence is not None:
         s = schema.sequence
-        cols += [s.item_column, s.action_column, s.time_column]
+        cols += [s.item_column, s.action_column, s.time_column, *s.side_features]
     return list(dict.fromkeys(cols))
 
 
@@ -98,9 +98,10 @@ def encode_table(table: pa.Table, schema: Schema, keys: DataSpec, source: str = 
         user_cat=torch.from_numpy(user_cat),
         user_dense=torch.from_numpy(user_dense),
         seq_item=seq[0],
-        seq_action=seq[1],
-        seq_age=seq[2],
-        seq_mask=seq[3],
+        seq_side=seq[1],
+        seq_action=seq[2],
+        seq_age=seq[3],
+        seq_mask=seq[4],
         cand_cat=torch.from_numpy(cand_cat),
         cand_dense=torch.from_numpy(cand_dense),
         surface=torch.from_numpy(surface),
@@ -180,27 +181,29 @@ def _list_column(table: pa.Table, name: str, source: str) -> tuple[np.ndarray, n
     return offsets, values
 
 
-def _sequences(
-    table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded [U, L] item/action/age/mask tensors holding each user's newest L events."""
+def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str) -> SequenceTensors:
+    """Left-padded sequence tensors (see `pad_sequences`) holding each user's newest L events."""
     if schema.sequence is None:
         return no_sequences(len(starts))
     spec = schema.sequence
-    cols = [spec.item_column, spec.action_column, spec.time_column]
+    cols = [spec.item_column, spec.action_column, spec.time_column, *spec.side_features]
     parts = [_list_column(table, c, source) for c in cols]
     off = parts[0][0]
     for c, (o, _) in zip(cols[1:], parts[1:], strict=True):
         if not np.array_equal(o, off):
             raise DataError(f"{source}: sequence column {c!r} has lists of other lengths than {cols[0]!r}")
-    items, actions, times = (v for _, v in parts)
-    return pad_sequences(off[starts], off[starts + 1], items, actions, times, req_ts, schema, source)
+    items, actions, times, *sides = (v for _, v in parts)
+    return pad_sequences(off[starts], off[starts + 1], items, actions, times, req_ts, schema, source, sides)
 
 
-def no_sequences(users: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+SequenceTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def no_sequences(users: int) -> SequenceTensors:
     """The placeholder sequence tensors (`L` = 1, nothing visible) of a config without a sequence."""
     z = torch.zeros((users, 1), dtype=torch.int64)
-    return z, z.clone(), torch.zeros((users, 1)), torch.zeros((users, 1), dtype=torch.bool)
+    side = torch.zeros((users, 1, 0), dtype=torch.int64)
+    return z, side, z.clone(), torch.zeros((users, 1)), torch.zeros((users, 1), dtype=torch.bool)
 
 
 def pad_sequences(
@@ -212,11 +215,12 @@ def pad_sequences(
     req_ts: np.ndarray,
     schema: Schema,
     source: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded [U, L] item/action/age/mask tensors from flat event arrays.
+    sides: list[np.ndarray] | tuple[np.ndarray, ...] = (),
+) -> SequenceTensors:
+    """Left-padded item `[U, L]`, side `[U, L, Ks]`, action, age and mask `[U, L]` tensors from flat event arrays.
 
-    User u's events are `items/actions/times[lo[u]:hi[u]]`, oldest first; the newest L are kept,
-    the newest at L-1. Shared by the reader and the serving request encoder so both encode alike.
+    User u's events are `items/actions/times/sides[k][lo[u]:hi[u]]`, oldest first; the newest L are
+    kept, the newest at L-1. Shared by the reader and the serving request encoder so both encode alike.
     """
     spec = schema.sequence
     assert spec is not None
@@ -230,8 +234,13 @@ def pad_sequences(
         raise DataError(f"{source}: column {spec.time_column!r} holds an event at or after its row's timestamp")
     age_s = age_ms / 1000.0
     items = np.where(mask, hash_ids(items.reshape(-1), schema.item_hash_size).reshape(items.shape), 0)
+    side = np.zeros((*mask.shape, len(sides)), dtype=np.int64)
+    for k, (values, size) in enumerate(zip(sides, schema.seq_side_sizes, strict=True)):
+        gathered = values[safe] if len(values) else np.zeros_like(safe)
+        side[..., k] = np.where(mask, hash_ids(gathered.reshape(-1), size).reshape(mask.shape), 0)
     return (
         torch.from_numpy(items),
+        torch.from_numpy(side),
         torch.from_numpy(np.where(mask, actions % spec.num_actions, 0)),
         torch.from_numpy(np.where(mask, age_s, 0.0).astype(np.float32)),
         torch.from_numpy(mask),

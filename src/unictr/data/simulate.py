@@ -105,6 +105,7 @@ FORMAT_LONG = np.array([-0.3, 0.2, 0.6, 0.3])
 FEATURES = {
     "user_id": ("categorical", "user"),
     "user_segment": ("categorical", "user"),
+    "user_interest2": ("categorical", "user"),
     "user_country": ("categorical", "user"),
     "user_device": ("categorical", "user"),
     "user_activity": ("dense", "user"),
@@ -121,6 +122,7 @@ FEATURES = {
     "context_item_id": ("categorical", "candidate"),
 }
 SEQUENCE_ITEM_FEATURE = "ad_id"
+SEQUENCE_TOPIC_COLUMN = "seq_topic"  # each event item's ad_topic: a sequence side feature
 NUM_ACTIONS = 4  # 0 click, 1 save, 2 long_click, 3 other
 
 
@@ -165,6 +167,7 @@ class _Users:
     interest_cdf: np.ndarray  # [U, K] cumulative long-term interest
     affinity: np.ndarray  # [U, K] interest smoothed over related topics: the shared affinity term
     segment: np.ndarray
+    second: np.ndarray
     country: np.ndarray
     device: np.ndarray
     activity: np.ndarray  # latent log activity ~ N(0, 1)
@@ -174,8 +177,9 @@ class _Users:
 
 
 def _users(rng: np.random.Generator, n: int) -> _Users:
-    # Two interests: the segment's topic (observed as user_segment) and a second one that only the
-    # action sequence reveals. Hidden per-user noise is kept small so the oracle is learnable.
+    # Two long-term interests, both observed (user_segment, user_interest2), as a profile would carry
+    # them; the short-term intent is what only the action sequence reveals. Hidden per-user noise is kept
+    # small so the oracle is learnable from the features.
     segment = rng.integers(0, NUM_TOPICS, n)
     second = (segment + rng.integers(1, NUM_TOPICS, n)) % NUM_TOPICS
     interest = np.zeros((n, NUM_TOPICS))
@@ -188,6 +192,7 @@ def _users(rng: np.random.Generator, n: int) -> _Users:
         interest_cdf=np.cumsum(interest, axis=1),
         affinity=interest @ SIMILARITY,
         segment=segment.astype(np.int64),
+        second=second.astype(np.int64),
         country=rng.choice(NUM_COUNTRIES, size=n, p=country_p / country_p.sum()).astype(np.int64),
         device=rng.choice(NUM_DEVICES, size=n, p=[0.45, 0.35, 0.15, 0.05]).astype(np.int64),
         activity=activity,
@@ -308,6 +313,7 @@ class _Sequences:
 
     start: np.ndarray
     item: np.ndarray  # raw ad id
+    topic: np.ndarray  # the item's topic (side feature of each event)
     action: np.ndarray
     ts: np.ndarray
 
@@ -326,7 +332,7 @@ def _sequences(rng: np.random.Generator, users: _Users, ads: _Ads, req: _Request
     interest_topic = _sample_rows(users.interest_cdf, user[owner], rng)
     old_topic = np.where(rng.random(n) < 0.85, interest_topic, rng.integers(0, NUM_TOPICS, n))
     recent_topic = np.where(rng.random(n) < 0.85, req.intent[owner], interest_topic)
-    item = ads.ids[ads.of_topic(np.where(is_recent, recent_topic, old_topic), rng)]
+    item = ads.of_topic(np.where(is_recent, recent_topic, old_topic), rng)
 
     p_save = 0.3 * _sigmoid(2.0 * users.save_propensity[user[owner]])
     u = rng.random(n)
@@ -339,11 +345,12 @@ def _sequences(rng: np.random.Generator, users: _Users, ads: _Ads, req: _Request
     age = cum - (cum[start[:-1]] - gap[start[:-1]])[owner]  # per-request cumulative sum
 
     oldest_first = start[owner] + length[owner] - 1 - newest_rank
-    out_item, out_action, out_ts = (np.empty(n, dtype=np.int64) for _ in range(3))
-    out_item[oldest_first] = item
+    out_item, out_topic, out_action, out_ts = (np.empty(n, dtype=np.int64) for _ in range(4))
+    out_item[oldest_first] = ads.ids[item]
+    out_topic[oldest_first] = ads.topic[item]
     out_action[oldest_first] = action
     out_ts[oldest_first] = req.timestamp[owner] - age
-    return _Sequences(start=start, item=out_item, action=out_action, ts=out_ts)
+    return _Sequences(start=start, item=out_item, topic=out_topic, action=out_action, ts=out_ts)
 
 
 def _impressions(
@@ -480,6 +487,7 @@ def _table(world: _World, first: int, last: int, keys: DataSpec, seq_spec: Seque
     user_side = {
         "user_id": users.ids[user],
         "user_segment": users.segment[user],
+        "user_interest2": users.second[user],
         "user_country": users.country[user],
         "user_device": users.device[user],
         "user_activity": users.activity_feature[user],
@@ -496,6 +504,7 @@ def _table(world: _World, first: int, last: int, keys: DataSpec, seq_spec: Seque
         seq_spec.item_column: lists(seq.item),
         seq_spec.action_column: lists(seq.action),
         seq_spec.time_column: lists(seq.ts),
+        SEQUENCE_TOPIC_COLUMN: lists(seq.topic),
     }
     return pa.table(columns)
 

@@ -105,19 +105,24 @@ class SequenceEncoder(nn.Module):
 
 
 class TargetAttention(nn.Module):
-    """The candidate item as the query over its user's encoded events (one output per impression).
+    """The candidate item as the query over its user's events (one output per impression).
 
-    Keys and values are projected once per user, then gathered by `user_index`.
+    Keys and values see each event twice: its raw embedding (item + side features), which keeps the
+    event's identity sharp for matching against the candidate, and its Transformer encoding, which
+    carries context. Measured on the simulator, encoded-only keys left the sequence signal unused
+    (see docs/model.md). Keys and values are projected once per user, then gathered by `user_index`.
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
+        self.kv = nn.Linear(2 * dim, 2 * dim)
         self.scale = dim**-0.5
 
-    def forward(self, cand_item: Tensor, tokens: Tensor, mask: Tensor, user_index: Tensor) -> Tensor:
-        k, v = self.kv(tokens).chunk(2, dim=-1)  # [U, L+1, D] each, per user
+    def forward(self, cand_item: Tensor, raw: Tensor, tokens: Tensor, mask: Tensor, user_index: Tensor) -> Tensor:
+        """cand_item `[N, D]`, raw events `[U, L, D]`, tokens `[U, L+1, D]` and mask `[U, L+1]` (start token first)."""
+        raw = torch.cat([raw.new_zeros(raw.shape[0], 1, raw.shape[2]), raw], dim=1)  # the start token has no raw event
+        k, v = self.kv(torch.cat([raw, tokens], -1)).chunk(2, dim=-1)  # [U, L+1, D] each, per user
         scores = torch.einsum("nd,nld->nl", self.q(cand_item), k[user_index]) * self.scale
         weights = scores.masked_fill(~mask[user_index], float("-inf")).softmax(dim=-1)
         return torch.einsum("nl,nld->nd", weights, v[user_index])

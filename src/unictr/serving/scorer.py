@@ -63,12 +63,6 @@ def _user_id(value: object) -> str:
 UserId = Annotated[str, PlainValidator(_user_id)]
 
 
-class SequenceIn(TypedDict):
-    items: list[Int64]
-    actions: list[Int64]
-    timestamps_ms: list[Int64]
-
-
 def request_adapter(schema: Schema) -> TypeAdapter:
     """A validator for requests to a model with this (single-surface) schema.
 
@@ -80,11 +74,16 @@ def request_adapter(schema: Schema) -> TypeAdapter:
         return TypedDict(name, {**{n: Int64 for n in cat}, **{n: Dense for n in dense}})
 
     user_features = features("UserFeatures", schema.user_cat, schema.user_dense)
+    side = tuple(schema.sequence.side_features) if schema.sequence else ()
+    # the event lists, plus one list per sequence side column (e.g. each event item's topic)
+    sequence_in = TypedDict(  # noqa: UP013
+        "SequenceIn", {n: list[Int64] for n in ("items", "actions", "timestamps_ms", *side)}
+    )
     cand_features = features("CandidateFeatures", schema.cand_cat, schema.cand_dense)
     view_types = Literal[tuple(v for _, v in schema.view_keys)]
     # Functional syntax: the field types are local values, which class bodies (string annotations) can't see.
     user = TypedDict(  # noqa: UP013
-        "User", {"id": UserId, "features": user_features, "sequence": NotRequired[SequenceIn]}
+        "User", {"id": UserId, "features": user_features, "sequence": NotRequired[sequence_in]}
     )
     candidate = TypedDict(  # noqa: UP013
         "Candidate", {"user": UserId, "features": cand_features, "view_type": view_types}
@@ -227,9 +226,10 @@ class Scorer:
             user_cat=torch.from_numpy(_cat_matrix(user_feats, s.user_cat, s.user_cat_sizes)),
             user_dense=torch.from_numpy(_dense_matrix(user_feats, s.user_dense)),
             seq_item=seq[0],
-            seq_action=seq[1],
-            seq_age=seq[2],
-            seq_mask=seq[3],
+            seq_side=seq[1],
+            seq_action=seq[2],
+            seq_age=seq[3],
+            seq_mask=seq[4],
             cand_cat=torch.from_numpy(_cat_matrix(cand_feats, s.cand_cat, s.cand_cat_sizes)),
             cand_dense=torch.from_numpy(_dense_matrix(cand_feats, s.cand_dense)),
             surface=torch.zeros(n, dtype=torch.int64),
@@ -247,13 +247,12 @@ class Scorer:
         spec = self.schema.sequence
         if spec is None:
             return no_sequences(len(users)), 0, 0
-        seqs = [u.get("sequence") or {"items": [], "actions": [], "timestamps_ms": []} for u in users]
+        keys = ("items", "actions", "timestamps_ms", *spec.side_features)
+        seqs = [u.get("sequence") or dict.fromkeys(keys, ()) for u in users]
         for i, q in enumerate(seqs):
-            lens = [len(q["items"]), len(q["actions"]), len(q["timestamps_ms"])]
+            lens = tuple(len(q[k]) for k in keys)
             if len(set(lens)) > 1:
-                raise RequestError(
-                    f"users[{i}].sequence: items, actions and timestamps_ms differ in length {tuple(lens)}"
-                )
+                raise RequestError(f"users[{i}].sequence: {', '.join(keys)} differ in length {lens}")
         counts = np.array([len(q["items"]) for q in seqs], dtype=np.int64)
         total = int(counts.sum())
 
@@ -261,15 +260,17 @@ class Scorer:
             return np.fromiter(itertools.chain.from_iterable(q[key] for q in seqs), dtype=np.int64, count=total)
 
         items, actions, times = flat("items"), flat("actions"), flat("timestamps_ms")
+        sides = [flat(k) for k in spec.side_features]
         owner = np.repeat(np.arange(len(seqs)), counts)
         keep = times < req_ms
         owner, items, actions, times = owner[keep], items[keep], actions[keep], times[keep]
+        sides = [v[keep] for v in sides]
         by_time = np.lexsort((times, owner))  # per user, oldest first (stable)
         counts = np.bincount(owner, minlength=len(seqs))
         hi = np.cumsum(counts)
         tensors = pad_sequences(
             hi - counts, hi, items[by_time], actions[by_time], times[by_time],
-            np.full(len(seqs), req_ms, dtype=np.int64), self.schema, "request",
+            np.full(len(seqs), req_ms, dtype=np.int64), self.schema, "request", [v[by_time] for v in sides],
         )
         return tensors, int((counts > spec.max_len).sum()), int((~keep).sum())
 
