@@ -48,7 +48,8 @@ def test_out_of_range_value() -> None:
 def test_categorical_needs_hash_size() -> None:
     raw = _raw()
     del raw["features"][0]["hash_size"]
-    with pytest.raises(ConfigError, match="feature 'user_id': categorical features need hash_size"):
+    name = raw["features"][0]["name"]
+    with pytest.raises(ConfigError, match=f"feature '{name}': categorical features need hash_size"):
         config_from_dict(raw)
 
 
@@ -71,3 +72,11 @@ def test_bad_yaml(tmp_path) -> None:
     p.write_text("features: [\n")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(p)
+
+
+def test_config_reference_is_current() -> None:
+    from unictr.config import reference_markdown
+
+    assert (ROOT / "docs" / "config.md").read_text() == reference_markdown(), (
+        "docs/config.md is stale: run `python -m unictr.config > docs/config.md`"
+    )

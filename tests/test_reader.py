@@ -30,9 +30,10 @@ def test_broadcast_layout(sim_config) -> None:
     assert torch.equal(b.user_index, torch.from_numpy(np.unique(rid, return_inverse=True)[1]))
     # user-side values come from each request's rows, hashed into range
     first = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
-    uid = table.column("user_id").to_numpy()[first]
-    assert torch.equal(b.user_cat[:, 0], torch.from_numpy(hash_ids(uid, 40000)))
-    assert int(b.user_cat.max()) < 40000 and int(b.cand_cat.min()) >= 0
+    name, size = schema.user_cat[0], schema.user_cat_sizes[0]
+    raw = table.column(name).to_numpy()[first]
+    assert torch.equal(b.user_cat[:, 0], torch.from_numpy(hash_ids(raw, size)))
+    assert int(b.user_cat.max()) < max(schema.user_cat_sizes) and int(b.cand_cat.min()) >= 0
     # sequences: left-padded, newest last, capped at max_len
     seq = table.column("seq_item").to_pylist()
     for u, r in enumerate(first):

@@ -60,12 +60,13 @@ def eval_cmd(
     data: Path = typer.Option(..., help="Data directory (reads DATA/eval) or a split directory."),
     out: Path = typer.Option(Path("metrics.json"), help="Where to write metrics.json."),
     split: str = typer.Option("eval", help="Split sub-directory to read."),
+    plots: Path | None = typer.Option(None, help="Also write one reliability-diagram PNG per surface here."),
 ) -> None:
     """Evaluate a run per surface × task; write metrics.json and print the table."""
-    metrics = evaluate_run(run, data, split)
+    metrics = evaluate_run(run, data, split, plots)
     _write_json(out, metrics)
     print_metrics(metrics)
-    console.print(f"metrics: {out}")
+    console.print(f"metrics: {out}" + (f"\nreliability diagrams: {plots}" if plots else ""))
 
 
 @app.command("quickstart")
@@ -77,6 +78,7 @@ def quickstart(
 ) -> None:
     """Simulate → train → evaluate, then print the per-surface table and the paths."""
     from unictr.data.simulate import simulate
+    from unictr.export import export_all_surfaces
     from unictr.train.loop import train
 
     cfg = _load(config)
@@ -88,11 +90,14 @@ def quickstart(
     metrics = evaluate_run(run_dir, data_dir, "eval")
     _write_json(out / "metrics.json", metrics)
     print_metrics(metrics)
+    exports = export_all_surfaces(run_dir, out / "exports")
     console.print(f"data: {data_dir}\nrun: {run_dir}\nmetrics: {out / 'metrics.json'}")
+    for surface, path in exports.items():
+        console.print(f"export ({surface}): {path}")
     console.print(f"total {time.perf_counter() - t0:.0f}s")
 
 
-def evaluate_run(run: Path, data: Path, split: str = "eval") -> dict[str, Any]:
+def evaluate_run(run: Path, data: Path, split: str = "eval", plots: Path | None = None) -> dict[str, Any]:
     from unictr.checkpoint import load_model
     from unictr.data.reader import load_split
     from unictr.train.evaluate import evaluate
@@ -101,7 +106,7 @@ def evaluate_run(run: Path, data: Path, split: str = "eval") -> dict[str, Any]:
     model, _ = load_model(run)
     setup_runtime(model.cfg.train.model_copy(update={"device": "cpu"}))
     split_dir = data / split if (data / split).is_dir() else data
-    return evaluate(model, load_split(split_dir, model.schema, model.cfg.data))
+    return evaluate(model, load_split(split_dir, model.schema, model.cfg.data), plots=plots)
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:
@@ -266,6 +271,69 @@ def _registry_call(op: Any, registry: Path) -> Any:
         return op(Registry(registry))
     except (RegistryError, CheckpointError, DataError) as e:
         _fail(str(e))
+
+
+# --- post-hoc calibration ----------------------------------------------------------------------------
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    run: Path = typer.Option(..., help="Run directory to calibrate (left unchanged)."),
+    data: Path = typer.Option(..., help="Data directory (reads DATA/<split>) or a split directory: held-out rows "
+                              "after the training period, never the rows you evaluate on."),
+    out: Path = typer.Option(..., help="New run directory: the run's weights plus the fitted maps."),
+    method: str = typer.Option(..., help="platt or isotonic."),
+    scope: str = typer.Option("view_type", help="Key each map is fitted per: view_type, surface or global."),
+    split: str = typer.Option("eval", help="Split sub-directory to fit on."),
+    min_rows: int = typer.Option(1000, help="Keys with fewer rows (or one class) use their parent's fit "
+                                 "(view type → surface → global)."),
+) -> None:
+    """Fit post-hoc calibration per scope key and task; the new run applies it in its forward pass."""
+    from unictr.calibrate import CalibrationError, calibrate_run
+    from unictr.checkpoint import CheckpointError
+    from unictr.data.errors import DataError
+
+    t0 = time.perf_counter()
+    try:
+        manifest = calibrate_run(run, data, out, method, scope, split, min_rows)
+    except (CalibrationError, CheckpointError, DataError) as e:
+        _fail(str(e))
+    info = manifest["calibration"]
+    table = Table(title=f"{method} calibration per {scope} ({info['rows']:,} rows, min {min_rows} per key)")
+    for col in ("task", "key", "rows", "fit used"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    for task, keys in info["fit"].items():
+        for key, r in keys.items():
+            used = f"[yellow]{r['used']} (fallback)[/yellow]" if r["fell_back"] else r["used"]
+            table.add_row(task, key, f"{r['rows']:,}", used)
+    console.print(table)
+    console.print(f"calibrated run: {out} ({time.perf_counter() - t0:.0f}s)")
+
+
+@app.command("bench")
+def bench_cmd(
+    suite: str = typer.Option("all", help="embedding, broadcast, serving, training, floor or all."),
+    out: Path | None = typer.Option(None, help="Write the results as JSON here."),
+    quick: bool = typer.Option(False, help="Tiny sizes and few repeats: checks that the suites run, measures little."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's, one per core)."),
+) -> None:
+    """Benchmark the model: fused embedding, user broadcasting, serving latency, training throughput, FLOP floor."""
+    from unictr.bench import BenchError, headlines, run
+
+    try:
+        result = run(suite, quick=quick, device=device, threads=threads, log=console.print)
+    except (BenchError, ValueError) as e:
+        _fail(str(e))
+    table = Table(title=f"unictr bench ({suite}{', quick' if quick else ''}; {result['machine']['cpu']})")
+    for col in ("measure", "value", "target"):
+        table.add_column(col)
+    for row in headlines(result):
+        table.add_row(*row)
+    console.print(table)
+    if out is not None:
+        _write_json(out, result)
+        console.print(f"results: {out}")
 
 
 if __name__ == "__main__":

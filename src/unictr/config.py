@@ -7,8 +7,9 @@ model's hyper-parameters and the training loop. Every field is validated; a bad 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -83,11 +84,11 @@ class TaskSpec(_Strict):
 class DataSpec(_Strict):
     """Names of the canonical key columns."""
 
-    request_id: str = "request_id"
-    user_id: str = "user_id"
-    timestamp: str = "timestamp"
-    surface: str = "surface"
-    view_type: str = "view_type"
+    request_id: str = Field(default="request_id", description="int64; rows of one request share the user side.")
+    user_id: str = Field(default="user_id", description="int64 raw user id.")
+    timestamp: str = Field(default="timestamp", description="int64 impression time, ms since the epoch.")
+    surface: str = Field(default="surface", description="string surface name (one of `surfaces[].name`).")
+    view_type: str = Field(default="view_type", description="string view type (one of that surface's).")
 
 
 class SequenceModelSpec(_Strict):
@@ -95,7 +96,7 @@ class SequenceModelSpec(_Strict):
     layers: int = Field(default=1, ge=1, description="Transformer encoder layers.")
     heads: int = Field(default=2, ge=1, description="Attention heads.")
     ff_mult: int = Field(default=2, ge=1, description="Feed-forward width as a multiple of the model width.")
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Attention dropout while training.")
     last_k: int = Field(default=2, ge=0, description="Newest encoded events concatenated to the max-pool.")
     time_buckets: int = Field(default=24, ge=2, description="Buckets of log2(1 + event age in seconds).")
     window_mask_prob: float = Field(
@@ -108,7 +109,7 @@ class SequenceModelSpec(_Strict):
 
 class MMoESpec(_Strict):
     enabled: bool = Field(default=True, description="Off: one shared MLP replaces the experts (ablation).")
-    experts: int = Field(default=4, ge=1)
+    experts: int = Field(default=4, ge=1, description="Experts shared by every surface and task.")
     expert_dim: int = Field(default=64, ge=1, description="Width of each expert's output.")
     expert_hidden: int = Field(default=128, ge=1, description="Hidden width inside each expert.")
 
@@ -128,45 +129,57 @@ class CalibrationSpec(_Strict):
     scope: Literal["view_type", "surface", "global"] = Field(
         default="view_type", description="Key of the learned temperature+bias on the logits."
     )
+    posthoc: Literal["none", "platt", "isotonic"] = Field(
+        default="none",
+        description="Post-hoc map after the learned one, fitted by `unictr calibrate` and stored per view key "
+        "and task in model.safetensors (none: no tensors, the identity).",
+    )
+    posthoc_scope: Literal["view_type", "surface", "global"] = Field(
+        default="view_type",
+        description="Key the post-hoc map was fitted per (a surface or global fit is copied to its view keys).",
+    )
+    posthoc_knots: int = Field(
+        default=64, ge=2, description="Isotonic: knots per stored table (shorter fits are padded with their last)."
+    )
 
 
 class ModelSpec(_Strict):
-    embedding_dim: int = Field(default=16, ge=1)
+    embedding_dim: int = Field(default=16, ge=1, description="Width of every embedding and of the sequence model.")
     interaction: bool = Field(
         default=True, description="Pairwise dot products of the user and candidate embeddings enter the trunk."
     )
     dense_hidden: int = Field(default=16, ge=1, description="Width of the dense-feature projection.")
-    sequence: SequenceModelSpec = SequenceModelSpec()
-    mmoe: MMoESpec = MMoESpec()
-    dcn: DCNSpec = DCNSpec()
-    tower: TowerSpec = TowerSpec()
-    calibration: CalibrationSpec = CalibrationSpec()
+    sequence: SequenceModelSpec = Field(default=SequenceModelSpec(), description="Sequence Transformer.")
+    mmoe: MMoESpec = Field(default=MMoESpec(), description="Mixture of experts.")
+    dcn: DCNSpec = Field(default=DCNSpec(), description="DCNv2 projection.")
+    tower: TowerSpec = Field(default=TowerSpec(), description="Surface towers.")
+    calibration: CalibrationSpec = Field(default=CalibrationSpec(), description="Learned and post-hoc calibration.")
 
 
 class TrainSpec(_Strict):
     batch_size: int = Field(default=2048, ge=1, description="Impressions per step (whole requests).")
-    lr: float = Field(default=2e-3, gt=0)
+    lr: float = Field(default=2e-3, gt=0, description="AdamW base learning rate.")
     embedding_lr: float | None = Field(default=None, gt=0, description="Embedding-table LR; null = lr.")
-    weight_decay: float = Field(default=1e-5, ge=0)
+    weight_decay: float = Field(default=1e-5, ge=0, description="AdamW weight decay (not on embeddings).")
     schedule: Literal["constant", "cosine"] = Field(
         default="cosine", description="LR schedule over the whole run: constant, or linear warm-up then cosine to 0."
     )
     warmup_steps: int = Field(default=100, ge=0, description="Linear warm-up steps (cosine schedule).")
-    epochs: int = Field(default=2, ge=1)
-    seed: int = 0
+    epochs: int = Field(default=2, ge=1, description="Passes over the training split.")
+    seed: int = Field(default=0, description="Seeds torch (init, window masks) and the request shuffle.")
     threads: int = Field(default=2, ge=1, description="torch intra-op threads.")
     bf16: bool = Field(default=False, description="bf16 autocast (CPU with bf16, or CUDA).")
     device: str = Field(default="auto", description="auto | cpu | cuda.")
 
 
 class Config(_Strict):
-    data: DataSpec = DataSpec()
-    features: list[FeatureSpec] = Field(min_length=1)
-    sequence: SequenceSpec | None = None
-    surfaces: list[SurfaceSpec] = Field(min_length=1)
-    tasks: list[TaskSpec] = Field(min_length=1)
-    model: ModelSpec = ModelSpec()
-    train: TrainSpec = TrainSpec()
+    data: DataSpec = Field(default=DataSpec(), description="Names of the canonical key columns.")
+    features: list[FeatureSpec] = Field(min_length=1, description="Input columns (see `features[]`).")
+    sequence: SequenceSpec | None = Field(default=None, description="The user action sequence; null = none.")
+    surfaces: list[SurfaceSpec] = Field(min_length=1, description="Surfaces and their view types.")
+    tasks: list[TaskSpec] = Field(min_length=1, description="Engagement tasks (one head each per surface).")
+    model: ModelSpec = Field(default=ModelSpec(), description="Model hyper-parameters.")
+    train: TrainSpec = Field(default=TrainSpec(), description="Training loop.")
 
     @model_validator(mode="after")
     def _cross_check(self) -> Config:
@@ -244,3 +257,38 @@ def load_config(path: str | Path) -> Config:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     return config_from_dict(raw, str(path))
+
+
+def reference_markdown() -> str:
+    """docs/config.md, generated from the models above so the reference never drifts from the code."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated by `python -m unictr.config > docs/config.md` from `src/unictr/config.py`; a test keeps",
+        "it in sync. Unknown keys are errors; so are values outside the ranges below.",
+    ]
+    sections: list[tuple[str, type[BaseModel]]] = [
+        ("top level", Config), ("data", DataSpec), ("features[]", FeatureSpec), ("sequence", SequenceSpec),
+        ("surfaces[]", SurfaceSpec), ("tasks[]", TaskSpec), ("model", ModelSpec), ("model.sequence", SequenceModelSpec),
+        ("model.mmoe", MMoESpec), ("model.dcn", DCNSpec), ("model.tower", TowerSpec),
+        ("model.calibration", CalibrationSpec), ("train", TrainSpec),
+    ]
+    for title, model in sections:
+        lines += ["", f"## `{title}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for name, field in model.model_fields.items():
+            if get_origin(field.annotation) is Literal:
+                kind = "one of " + ", ".join(f"`{a}`" for a in get_args(field.annotation))
+            else:
+                kind = getattr(field.annotation, "__name__", None) or re.sub(r"\b[\w.]+\.", "", str(field.annotation))
+            bounds = [f"{k} {getattr(m, k)}" for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)]
+            default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+            if isinstance(field.get_default(call_default_factory=True), BaseModel):
+                default = "see section"
+            meaning = (field.description or "").replace("|", "\\|")
+            kind_s = f"{kind} ({', '.join(bounds)})" if bounds else kind
+            lines.append(f"| `{name}` | {kind_s.replace('|', 'or')} | {default.replace('|', 'or')} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
