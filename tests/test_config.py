@@ -47,9 +47,9 @@ def test_out_of_range_value() -> None:
 
 def test_categorical_needs_hash_size() -> None:
     raw = _raw()
-    del raw["features"][0]["hash_size"]
-    name = raw["features"][0]["name"]
-    with pytest.raises(ConfigError, match=f"feature '{name}': categorical features need hash_size"):
+    feat = next(f for f in raw["features"] if "hash_size" in f)
+    del feat["hash_size"]
+    with pytest.raises(ConfigError, match=f"feature '{feat['name']}': categorical features need exactly one of"):
         config_from_dict(raw)
 
 
@@ -80,3 +80,11 @@ def test_config_reference_is_current() -> None:
     assert (ROOT / "docs" / "config.md").read_text() == reference_markdown(), (
         "docs/config.md is stale: run `python -m unictr.config > docs/config.md`"
     )
+
+
+def test_shared_table_must_name_an_owner() -> None:
+    raw = _raw()
+    topic = next(f for f in raw["features"] if f["name"] == "query_topic")
+    topic["table"] = "user_activity"
+    with pytest.raises(ConfigError, match="features.query_topic.table: 'user_activity' must name a categorical"):
+        config_from_dict(raw)

@@ -39,10 +39,19 @@ USER_FEATURES = {
 EXPECTED_COLUMNS = {
     "request_id", "user_id", "timestamp", "surface", "view_type",
     *USER_FEATURES,
-    "video_id", "author_id", "video_type", "upload_type", "music_type", "tag", "tab", "hour", "day_of_week",
-    "video_duration", "video_age_days",
+    "user_history_watches", "user_history_long_views", "user_history_likes", "user_prior_impressions",
+    "user_prior_clicks", "user_prior_long_views", "user_prior_likes",
+    "video_id", "author_id", "video_type", "upload_type", "music_type", "tag", "duration_bucket", "tab", "hour",
+    "day_of_week", "video_duration", "video_age_days",
+    "video_prior_impressions", "video_prior_clicks", "video_prior_long_views", "video_prior_likes",
     "is_click", "long_view", "is_like",
-    "seq_item", "seq_action", "seq_ts",
+    "seq_item", "seq_action", "seq_ts", "seq_author", "seq_tag", "seq_duration",
+}  # fmt: skip
+DENSE = {
+    "video_duration", "video_age_days", "user_history_watches", "user_history_long_views", "user_history_likes",
+    "user_prior_impressions", "user_prior_clicks",
+    "user_prior_long_views", "user_prior_likes", "video_prior_impressions", "video_prior_clicks",
+    "video_prior_long_views", "video_prior_likes",
 }  # fmt: skip
 POST_IMPRESSION = {
     "play_time_ms", "duration_ms", "profile_stay_time", "comment_stay_time", "is_follow", "is_comment",
@@ -116,7 +125,7 @@ def test_dtypes(converted):
         typ = str(t.schema.field(name).type)
         if name in ("surface", "view_type"):
             assert typ == "string"
-        elif name in ("video_duration", "video_age_days"):
+        elif name in DENSE:
             assert typ == "float"
             assert np.isfinite(t[name].to_numpy()).all()
         elif name.startswith("seq_"):
@@ -240,6 +249,58 @@ def test_log_events_in_sequence_are_exactly_the_earlier_engagements(converted, r
         assert sorted(got) == want
 
 
+def test_event_side_columns_share_the_candidate_lookup(converted):
+    """seq_author / seq_tag / seq_duration are each event video's author_id / tag / duration_bucket, exactly
+    as the same video's candidate columns say (one lookup of the video file)."""
+    attrs = {}
+    for split in ("train", "eval"):
+        t = converted[split]
+        for row in zip(*(t[c].to_pylist() for c in ("video_id", "author_id", "tag", "duration_bucket")), strict=True):
+            attrs[row[0]] = row[1:]
+    checked = 0
+    for r in _rows(converted["eval"].slice(0, 2000)):
+        cols = ("seq_item", "seq_author", "seq_tag", "seq_duration")
+        assert len({len(r[c]) for c in cols}) == 1
+        for item, *side in zip(*(r[c] for c in cols), strict=True):
+            if item in attrs:
+                assert tuple(side) == attrs[item]
+                checked += 1
+    assert checked > 10_000
+    with VIDEOS.open(newline="") as f:
+        duration = {int(v["video_id"]): v["video_duration"] for v in csv.DictReader(f)}
+    for vid, (_, _, bucket) in list(attrs.items())[:500]:
+        ms = float(duration[vid]) if duration[vid] else 0.0
+        assert bucket == (int(np.floor(4 * np.log1p(ms / 1000))) if ms > 0 else -1)
+
+
+def test_counters_count_only_rows_before_the_request(converted, raw_log):
+    """user_/video_prior_* = log1p(#rows, #clicks, #long views, #likes strictly before the request's first
+    impression) / 5; user_history_{watches,long_views,likes} = log1p(history_len, #long_watch_seq, #like_seq) / 5."""
+    hist = {
+        r["user_id"]: [r["history_len"], len(r["long_watch_seq"]), len(r["like_seq"])]
+        for r in pq.read_table(HISTORY, columns=["user_id", "history_len", "long_watch_seq", "like_seq"]).to_pylist()
+    }
+    groups = {"user": defaultdict(list), "video": defaultdict(list)}
+    for r in raw_log:
+        groups["user"][r["user_id"]].append(r)
+        groups["video"][r["video_id"]].append(r)
+    rows = _rows(converted["train"].slice(0, 1500)) + _rows(converted["eval"].slice(0, 1500))
+    first_of: dict[int, int] = {}
+    for r in rows:
+        first_of[r["request_id"]] = min(first_of.get(r["request_id"], r["timestamp"]), r["timestamp"])
+    names = ("impressions", "clicks", "long_views", "likes")
+    for r in rows:
+        t = first_of[r["request_id"]]
+        for who in ("user", "video"):
+            earlier = [x for x in groups[who][r[f"{who}_id"]] if x["time_ms"] < t]
+            want = [len(earlier), *(sum(x[lab] for x in earlier) for lab in ("is_click", "long_view", "is_like"))]
+            got = [r[f"{who}_prior_{n}"] for n in names]
+            np.testing.assert_allclose(got, np.log1p(want) / 5, rtol=1e-6)
+        got = [r[f"user_history_{n}"] for n in ("watches", "long_views", "likes")]
+        np.testing.assert_allclose(got, np.log1p(hist.get(r["user_id"], [0, 0, 0])) / 5, rtol=1e-6)
+    assert max(r["user_prior_clicks"] for r in rows) > 0 and max(r["video_prior_likes"] for r in rows) > 0
+
+
 # ------------------------------------------------------------------------------ surfaces and splits
 
 
@@ -329,6 +390,23 @@ def test_surface_override_and_no_history(tmp_path):
     actions = pc.list_flatten(t["seq_action"]).to_numpy()
     assert actions.size == 0 or actions.min() >= 3  # no history events without a history file
     assert pc.list_value_length(t["seq_item"]).to_numpy().max() <= 8
+
+
+@needs_data
+def test_eval_until_leaves_out_later_days(tmp_path):
+    log = _head(tmp_path, 3000, step=30)
+    with log.open(newline="") as f:
+        raw = [{k: int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    date_of = {(r["user_id"], r["video_id"], r["time_ms"]): r["date"] for r in raw}
+    meta = convert_kuairand(
+        [log], USERS, VIDEOS, None, "2022-04-28", tmp_path / "out", max_seq_len=8, eval_until="2022-04-29"
+    )
+    assert meta["rows_from_eval_until_dropped"] == sum(r["date"] >= 20220429 for r in raw) > 0
+    for split, days in {"train": {20220425, 20220426, 20220427}, "eval": {20220428}}.items():
+        t = pq.read_table(tmp_path / "out" / split, columns=["user_id", "video_id", "timestamp"]).to_pylist()
+        assert {date_of[(r["user_id"], r["video_id"], r["timestamp"])] for r in t} == days, split
+    with pytest.raises(DataError, match="eval_until"):
+        convert_kuairand([log], USERS, VIDEOS, None, "2022-04-28", tmp_path / "bad", eval_until="29.04.2022")
 
 
 @needs_data

@@ -177,6 +177,8 @@ def serve_cmd(
     poll_seconds: float = typer.Option(1.0, help="How often the registry pointers are checked."),
     threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's)."),
     max_concurrency: int = typer.Option(64, help="Concurrent connections before 503."),
+    backend: str = typer.Option("auto", help="auto, eager, compile or onnx (auto: onnx where the export has one)."),
+    bf16: bool = typer.Option(False, help="bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16)."),
 ) -> None:
     """Serve the registry's live models over HTTP (FastAPI + uvicorn)."""
     from unictr.serving.app import serve
@@ -186,7 +188,7 @@ def serve_cmd(
         serve(
             registry, host=host, port=port, max_concurrency=max_concurrency, max_unique_users=max_unique_users,
             max_candidates=max_candidates, max_body_bytes=int(max_body_mb * (1 << 20)), poll_seconds=poll_seconds,
-            threads=threads,
+            threads=threads, backend=backend, bf16=bf16,
         )
     except RegistryError as e:
         _fail(str(e))
@@ -334,6 +336,88 @@ def bench_cmd(
     if out is not None:
         _write_json(out, result)
         console.print(f"results: {out}")
+
+
+# --- real data (KuaiRand) and the unified-versus-separate experiment -------------------------------------
+
+experiment_app = typer.Typer(no_args_is_help=True, help="Experiments that compare model designs.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@data_app.command("kuairand", context_settings={"allow_extra_args": True})
+def data_kuairand(
+    ctx: typer.Context,
+    logs: list[Path] = typer.Option(..., help="KuaiRand-Pure log CSV(s); `--logs A.csv B.csv` or repeat --logs."),
+    users: Path = typer.Option(..., help="user_features_pure.csv."),
+    videos: Path = typer.Option(..., help="video_features_basic_pure.csv."),
+    history: Path | None = typer.Option(None, help="Pre-window history Parquet (optional)."),
+    eval_from: str = typer.Option(..., help="First eval day, YYYY-MM-DD (earlier log days are train)."),
+    eval_until: str | None = typer.Option(None, help="First day left out entirely (e.g. a validation split)."),
+    max_seq_len: int = typer.Option(64, help="Newest sequence events kept per request."),
+    out: Path = typer.Option(..., help="Output data directory (train/, eval/, meta.json)."),
+) -> None:
+    """Convert the official KuaiRand-Pure files into canonical Parquet (train before --eval-from, eval after)."""
+    from unictr.data.errors import DataError
+    from unictr.data.kuairand import convert_kuairand
+
+    extra = [a for a in ctx.args if a.startswith("-")]
+    if extra:
+        _fail(f"unknown option(s) {extra}")
+    t0 = time.perf_counter()
+    try:
+        meta = convert_kuairand(
+            [*logs, *map(Path, ctx.args)], users, videos, history, eval_from, out,
+            max_seq_len=max_seq_len, eval_until=eval_until,
+        )
+    except DataError as e:
+        _fail(str(e))
+    splits = ", ".join(f"{s} {v['rows']:,} rows" for s, v in meta["splits"].items())
+    console.print(f"wrote {out}: {splits} ({meta['duplicates_dropped']:,} duplicates dropped) "
+                  f"in {time.perf_counter() - t0:.1f}s")
+
+
+@experiment_app.command("unify")
+def experiment_unify(
+    config: Path = typer.Option(..., help="YAML config, e.g. configs/kuairand.yaml."),
+    data: Path = typer.Option(..., help="Data directory with train/ and eval/."),
+    out: Path = typer.Option(..., help="Report directory: report.md, report.json, auc.png."),
+    seeds: str = typer.Option("0", help="Comma-separated training seeds; metrics are averaged over them."),
+    arms: str = typer.Option("unified,separate,shared,lightgbm", help="Comma-separated arms to run."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC-difference intervals."),
+    keep_runs: bool = typer.Option(False, help="Keep every model's checkpoint under OUT/runs."),
+) -> None:
+    """Unified vs one model per surface vs one shared tower vs LightGBM, same data and budget."""
+    import shlex
+
+    from unictr.experiment import run_experiment
+
+    cfg = _load(config)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        _fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
+    try:
+        report = run_experiment(
+            cfg, data, out, seeds=seed_list, arms=arm_list, n_boot=bootstrap, keep_runs=keep_runs,
+            command=shlex.join(["unictr", "experiment", "unify", "--config", str(config), "--data", str(data),
+                                "--out", str(out), "--seeds", seeds, "--arms", arms, "--bootstrap", str(bootstrap)]
+                               + ["--keep-runs"] * keep_runs),
+            console=console, show_progress=True,
+        )
+    except ValueError as e:  # DataError and ConfigError are ValueErrors too
+        _fail(str(e))
+    task = cfg.task_names[0]
+    table = Table(title=f"{task} AUC on {data / 'eval'} (mean of seeds {list(seed_list)})")
+    names = ["overall", *cfg.surface_names]
+    for col in ["arm", *names, "train s", "params"]:
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for arm, r in report["arms"].items():
+        aucs = [r["overall"][task]["auc"], *(r["surfaces"][s].get(task, {}).get("auc") for s in cfg.surface_names)]
+        table.add_row(arm, *("-" if v is None else f"{v:.4f}" for v in aucs), f"{r['train_seconds']:.0f}",
+                      f"{r['params']:,}")
+    console.print(table)
+    console.print(f"report: {out / 'report.md'}")
 
 
 if __name__ == "__main__":

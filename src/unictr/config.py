@@ -31,6 +31,11 @@ class FeatureSpec(_Strict):
     hash_size: int | None = Field(
         default=None, gt=0, description="Rows of this feature's embedding table (categorical only)."
     )
+    table: str | None = Field(
+        default=None,
+        description="Share the embedding table of this other categorical trunk feature (the same id space, e.g. a "
+        "query topic and an ad topic); hash_size then comes from it and must be omitted.",
+    )
     towers: list[str] = Field(
         default_factory=list,
         description="Surfaces whose tower late-fuses this feature. Empty: the feature enters the shared "
@@ -39,8 +44,12 @@ class FeatureSpec(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> FeatureSpec:
-        if self.kind == "categorical" and self.hash_size is None:
-            raise ValueError(f"feature {self.name!r}: categorical features need hash_size (a positive int)")
+        if self.kind == "categorical" and (self.hash_size is None) == (self.table is None):
+            raise ValueError(
+                f"feature {self.name!r}: categorical features need exactly one of hash_size (a positive int) or table"
+            )
+        if self.table is not None and (self.kind != "categorical" or self.towers):
+            raise ValueError(f"feature {self.name!r}: only categorical trunk features may share a table")
         if self.kind == "dense" and self.hash_size is not None:
             raise ValueError(f"feature {self.name!r}: dense features take no hash_size")
         if self.towers and (self.kind != "categorical" or self.side != "candidate"):
@@ -161,6 +170,10 @@ class TrainSpec(_Strict):
     lr: float = Field(default=2e-3, gt=0, description="AdamW base learning rate.")
     embedding_lr: float | None = Field(default=None, gt=0, description="Embedding-table LR; null = lr.")
     weight_decay: float = Field(default=1e-5, ge=0, description="AdamW weight decay (not on embeddings).")
+    embedding_weight_decay: float = Field(
+        default=0.0, ge=0, description="AdamW (decoupled) weight decay of the embedding table: pulls rarely seen "
+        "ids towards 0, against memorising sparse ids on small data (KuaiRand)."
+    )
     schedule: Literal["constant", "cosine"] = Field(
         default="cosine", description="LR schedule over the whole run: constant, or linear warm-up then cosine to 0."
     )
@@ -187,7 +200,13 @@ class Config(_Strict):
         _unique("surfaces", [s.name for s in self.surfaces])
         _unique("tasks", [t.name for t in self.tasks])
         surfaces = {s.name for s in self.surfaces}
+        by_name = {f.name: f for f in self.features}
         for f in self.features:
+            owner = by_name.get(f.table) if f.table else None
+            if f.table and (owner is None or owner.kind != "categorical" or owner.table or owner.towers):
+                raise ValueError(
+                    f"features.{f.name}.table: {f.table!r} must name a categorical trunk feature that owns its table"
+                )
             bad = set(f.towers) - surfaces
             if bad:
                 raise ValueError(
@@ -207,6 +226,14 @@ class Config(_Strict):
         return self
 
     # Derived views used across the package.
+    def table_of(self, name: str) -> str:
+        """The feature whose embedding table `name` uses (itself unless it shares one)."""
+        return next(f.table or f.name for f in self.features if f.name == name)
+
+    def hash_size(self, name: str) -> int:
+        owner = self.table_of(name)
+        return int(next(f.hash_size for f in self.features if f.name == owner) or 0)
+
     def feature_names(self, side: str, kind: str) -> list[str]:
         return [f.name for f in self.features if f.side == side and f.kind == kind]
 

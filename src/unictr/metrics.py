@@ -170,8 +170,15 @@ def bootstrap_auc_diff(
     with replacement; both models see the same resample. A resample is expressed as integer
     multiplicities used as AUC weights, which is exactly the AUC of the resampled rows, so each model is
     sorted once and all resamples are scored as a batch. Resamples lacking a class are skipped.
+
+    `p_a` / `p_b` may also be `[k, n]` (e.g. k training seeds of a model): the statistic is then the mean
+    AUC over the k rows of a minus that of b, so the interval covers the seed-averaged difference (the
+    eval rows are resampled, the seeds are not).
     """
-    y, p_a, p_b = _as_arrays(y, p_a, p_b)
+    y = _as_arrays(y)[0]
+    p_a, p_b = (np.atleast_2d(np.asarray(p, dtype=np.float64)) for p in (p_a, p_b))
+    if p_a.shape[1:] != y.shape or p_b.shape[1:] != y.shape:
+        raise ValueError(f"shape mismatch: labels {y.shape}, predictions {p_a.shape} and {p_b.shape}")
     n = y.size
     if groups is None:
         gid, n_units = np.arange(n), n
@@ -183,14 +190,15 @@ def bootstrap_auc_diff(
     if n_units == 0:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
-    plans = [_AucPlan(y > 0.5, p) for p in (p_a, p_b)]
+    plans = [[_AucPlan(y > 0.5, p) for p in ps] for ps in (p_a, p_b)]
     chunk = max(1, _CHUNK_CELLS // n)
     diffs = []
     for lo in range(0, n_boot, chunk):
         m = min(chunk, n_boot - lo)
         draws = rng.integers(0, n_units, size=(m, n_units)) + n_units * np.arange(m)[:, None]
         mult = np.bincount(draws.ravel(), minlength=m * n_units).reshape(m, n_units)[:, gid]
-        diffs.append(plans[0].auc(mult) - plans[1].auc(mult))
+        mean_auc = [np.mean([plan.auc(mult) for plan in model], axis=0) for model in plans]
+        diffs.append(mean_auc[0] - mean_auc[1])
     d = np.concatenate(diffs)
     d = d[~np.isnan(d)]
     if d.size == 0:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from unictr.config import Config
 from unictr.data.batch import Batch, Schema
-from unictr.modules.calibration import LogitCalibration
+from unictr.modules.calibration import LogitCalibration, PosthocCalibration
 from unictr.modules.dcn import DCNv2Projection
 from unictr.modules.embedding import FusedEmbedding
 from unictr.modules.interaction import DotInteraction
@@ -32,10 +32,11 @@ class UnifiedCTR(nn.Module):
         d = m.embedding_dim
         tower_feats = {f.name: f.towers for f in cfg.features if f.towers}
 
-        # Embeddings: every categorical table fused into one weight.
-        self.embedding = FusedEmbedding([*s.user_cat, *s.cand_cat], [*s.user_cat_sizes, *s.cand_cat_sizes], d)
-        self.register_buffer("user_offsets", self.embedding.table_offsets(s.user_cat), persistent=False)
-        self.register_buffer("cand_offsets", self.embedding.table_offsets(s.cand_cat), persistent=False)
+        # Embeddings: every categorical table fused into one weight; features of one id space share a table.
+        owners = [f.name for f in cfg.features if f.kind == "categorical" and f.table is None]
+        self.embedding = FusedEmbedding(owners, [cfg.hash_size(n) for n in owners], d)
+        self.register_buffer("user_offsets", self._table_offsets(s.user_cat), persistent=False)
+        self.register_buffer("cand_offsets", self._table_offsets(s.cand_cat), persistent=False)
         self.trunk_cols = [i for i, n in enumerate(s.cand_cat) if n not in tower_feats]
         self.tower_cols = [i for i, n in enumerate(s.cand_cat) if n in tower_feats]
         self.view_embedding = nn.Embedding(len(s.view_keys), d)
@@ -52,11 +53,11 @@ class UnifiedCTR(nn.Module):
             )
             self.target_attention = TargetAttention(d)
             self.item_col = s.cand_cat.index(cfg.sequence.item_feature)
-            self.item_offset = int(self.embedding.table_offsets([cfg.sequence.item_feature])[0])
+            self.item_offset = int(self._table_offsets([cfg.sequence.item_feature])[0])
             # each event's side features share their candidate feature's table; the candidate's join the query
             side = list(cfg.sequence.side_features.values())
             self.side_cols = [s.cand_cat.index(f) for f in side]
-            self.register_buffer("side_offsets", self.embedding.table_offsets(side), persistent=False)
+            self.register_buffer("side_offsets", self._table_offsets(side), persistent=False)
 
         user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
         user_dim += self.sequence.out_dim if self.sequence else 0
@@ -94,6 +95,14 @@ class UnifiedCTR(nn.Module):
         self.calibration_scope = m.calibration.scope
         keys = {"view_type": len(s.view_keys), "surface": len(s.surfaces), "global": 1}[self.calibration_scope]
         self.calibration = LogitCalibration(keys, tasks)
+        # Post-hoc fit (`unictr calibrate`) per view key × task after it; a child of `calibration`, so its
+        # tensors are `calibration.posthoc.*` and export prunes them by view-key rows.
+        c = m.calibration
+        self.calibration.posthoc = PosthocCalibration(c.posthoc, len(s.view_keys), tasks, c.posthoc_knots)
+
+    def _table_offsets(self, features: list[str] | tuple[str, ...]) -> Tensor:
+        """Row offsets in the fused table of the tables these features use."""
+        return self.embedding.table_offsets([self.cfg.table_of(f) for f in features])
 
     def forward(self, b: Batch) -> Tensor:
         u, n = b.num_users, b.num_rows
@@ -145,8 +154,9 @@ class UnifiedCTR(nn.Module):
         late = torch.cat([cand_emb[:, self.tower_cols], self.view_embedding(b.view_key)[:, None]], dim=1)
         logits = self.towers(z, late, b.surface)
 
-        # 6. Learned calibration per (key, task).
-        return self.calibration(logits, self.calibration_key(b))
+        # 6. Learned calibration per (key, task), then the post-hoc fit per (view key, task).
+        logits = self.calibration(logits, self.calibration_key(b))
+        return self.calibration.posthoc(logits, b.view_key)
 
     def calibration_key(self, b: Batch) -> Tensor:
         if self.calibration_scope == "view_type":

@@ -35,8 +35,8 @@ class Schema:
     @classmethod
     def from_config(cls, cfg: Config) -> Schema:
         def cats(side: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-            fs = [f for f in cfg.features if f.side == side and f.kind == "categorical"]
-            return tuple(f.name for f in fs), tuple(int(f.hash_size or 0) for f in fs)
+            names = cfg.feature_names(side, "categorical")
+            return tuple(names), tuple(cfg.hash_size(n) for n in names)
 
         user_cat, user_sizes = cats("user")
         cand_cat, cand_sizes = cats("candidate")

@@ -37,6 +37,10 @@ Choices, all made so that every output value is known before the impression is s
     first impression: one event per engaged impression, with its strongest action: 3 click,
     4 long view, 5 like (like > long view > click). Impressions with no engagement add nothing.
 
+  Each event also carries its video's side information, looked up like the candidate's (so the
+  sequence shares the candidate tables): `seq_author` (author_id), `seq_tag` (tag) and
+  `seq_duration` (duration_bucket); -1 for a video missing from the video file.
+
   Events are ordered by time (history before log events at equal times). An event is included only
   if its time is strictly before the request's time, so `seq_ts < timestamp` for every row.
   `num_actions` must be >= 6. (An action is stamped with its impression's `time_ms`, as the
@@ -45,13 +49,23 @@ Choices, all made so that every output value is known before the impression is s
 * **Features.** User side (from `user_features_pure.csv`, a static snapshot): `user_id`, the bucket
   and flag columns (strings hashed with `hash_strings`), `onehot_feat0..17`; missing values and
   users absent from the file are -1. Candidate side: `video_id`, `author_id`, `video_type`,
-  `upload_type`, `music_type`, `tag` (first tag of a comma list), `tab`, `hour` (`hourmin // 100`),
+  `upload_type`, `music_type`, `tag` (first tag of a comma list), `duration_bucket`
+  (floor(4 ln(1 + seconds)), -1 when missing), `tab`, `hour` (`hourmin // 100`),
   `day_of_week` (0 = Monday, from `date`); dense `video_duration` = log1p(seconds) / 5 from the video
   file (0 when missing) and `video_age_days` = log1p(days since `upload_dt` at the impression) / 5
-  (0 when missing). Fixed constants, nothing fitted on the data. Post-impression columns
-  (`play_time_ms`, `duration_ms`, `profile_stay_time`, `comment_stay_time`, the other labels) are
-  never read into the output.
+  (0 when missing).
+* **Counters** (dense, log1p(count) / 5), what a live system's counters would hold when the request
+  arrives: `user_history_watches` (the history file's `history_len`, watches before the window),
+  `user_history_long_views` / `user_history_likes` (lengths of `long_watch_seq` / `like_seq`, capped
+  at 50 by the file; all three 0 without a history), and, over the log rows (all files) strictly
+  before the request's first impression, `user_prior_{impressions,clicks,long_views,likes}` for the
+  request's user and `video_prior_{impressions,clicks,long_views,likes}` for the candidate video
+  (all users). Like the sequence, they use labels of earlier impressions only, and the rows of a
+  request share one snapshot.
 * **Labels.** `is_click`, `long_view`, `is_like` (int64 0/1).
+
+Fixed constants, nothing fitted on the data. Post-impression columns (`play_time_ms`, `duration_ms`,
+`profile_stay_time`, `comment_stay_time`, the other labels) of a row never reach that row's features.
 
 Everything is vectorised with numpy/pyarrow; memory is proportional to the input and output.
 """
@@ -83,6 +97,7 @@ MISSING = -1
 ACT_HIST_WATCH, ACT_HIST_LONG, ACT_HIST_LIKE = 0, 1, 2
 ACT_CLICK, ACT_LONG_VIEW, ACT_LIKE = 3, 4, 5
 NUM_ACTIONS = 6
+DURATION_BUCKETS_PER_LOG = 4  # duration_bucket = floor(4 * ln(1 + seconds))
 
 LOG_COLUMNS = (
     "user_id",
@@ -130,7 +145,7 @@ VIDEO_COLUMNS = (
     "tag",
     "video_duration",
 )
-HISTORY_COLUMNS = ("user_id", "last_time_ms", "watch_seq", "long_watch_seq", "like_seq")
+HISTORY_COLUMNS = ("user_id", "history_len", "last_time_ms", "watch_seq", "long_watch_seq", "like_seq")
 CAND_CAT = (
     "video_id",
     "author_id",
@@ -138,12 +153,26 @@ CAND_CAT = (
     "upload_type",
     "music_type",
     "tag",
+    "duration_bucket",
     "tab",
     "hour",
     "day_of_week",
 )
-CAND_DENSE = ("video_duration", "video_age_days")
+# Counters of what happened before the request (log rows strictly earlier; history_len before the window).
+USER_COUNTERS = (
+    "user_history_watches",
+    "user_history_long_views",
+    "user_history_likes",
+    "user_prior_impressions",
+    "user_prior_clicks",
+    "user_prior_long_views",
+    "user_prior_likes",
+)
+VIDEO_COUNTERS = ("video_prior_impressions", "video_prior_clicks", "video_prior_long_views", "video_prior_likes")
+CAND_DENSE = ("video_duration", "video_age_days", *VIDEO_COUNTERS)
 SEQ_COLUMNS = ("seq_item", "seq_action", "seq_ts")
+# Per-event side information: list column -> the candidate column (video attribute) it is looked up from.
+SEQ_SIDE_COLUMNS = {"seq_author": "author_id", "seq_tag": "tag", "seq_duration": "duration_bucket"}
 
 # Column order of the written Parquet.
 OUTPUT_COLUMNS = (
@@ -153,10 +182,12 @@ OUTPUT_COLUMNS = (
     "surface",
     "view_type",
     *USER_FEATURES,
+    *USER_COUNTERS,
     *CAND_CAT,
     *CAND_DENSE,
     *LABELS,
     *SEQ_COLUMNS,
+    *SEQ_SIDE_COLUMNS,
 )
 
 _BEIJING_MS = 8 * 3600 * 1000
@@ -281,9 +312,10 @@ def _read_videos(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     first = pc.list_element(pc.split_pattern(pc.utf8_trim_whitespace(t["tag"]), ","), 0)
     feats["tag"] = _to_int_or_missing(first)
     dur = t["video_duration"].to_numpy(zero_copy_only=False).astype(np.float64)
-    feats["video_duration"] = np.where(
-        np.isfinite(dur) & (dur > 0), np.log1p(np.maximum(dur, 0) / 1000.0) / 5.0, 0.0
-    ).astype(np.float32)
+    known = np.isfinite(dur) & (dur > 0)
+    log_s = np.log1p(np.where(known, dur, 0.0) / 1000.0)
+    feats["video_duration"] = np.where(known, log_s / 5.0, 0.0).astype(np.float32)
+    feats["duration_bucket"] = np.where(known, np.floor(DURATION_BUCKETS_PER_LOG * log_s), MISSING).astype(np.int64)
     # upload day as days since the epoch (NaN when missing or malformed)
     upload = pc.strptime(
         pc.utf8_slice_codeunits(t["upload_dt"], 0, 10), format="%Y-%m-%d", unit="s", error_is_null=True
@@ -308,7 +340,9 @@ def _check_unique(ids: np.ndarray, col: str, path: Path) -> None:
         raise DataError(f"{path}: column {col!r} has duplicate id(s) {u[c > 1][:5].tolist()}")
 
 
-def _read_history(path: Path) -> dict[str, np.ndarray]:
+def _read_history(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The history events (see `_merge_history`), each history user's id, and their counters: `history_len`
+    (watches) and the lengths of `long_watch_seq` and `like_seq` (each capped at 50 by the file)."""
     if not path.is_file():
         raise DataError(f"{path}: history file not found")
     try:
@@ -322,6 +356,7 @@ def _read_history(path: Path) -> dict[str, np.ndarray]:
     t = pf.read(columns=list(HISTORY_COLUMNS))
     uid = _ints(t, "user_id", path)
     last = _ints(t, "last_time_ms", path)
+    watches = _ints(t, "history_len", path)
     _check_unique(uid, "user_id", path)
     streams = {}
     for stream in ("watch_seq", "long_watch_seq", "like_seq"):
@@ -343,7 +378,9 @@ def _read_history(path: Path) -> dict[str, np.ndarray]:
             "pos": pos,
             "len": lengths[parent],
         }
-    return _merge_history(streams, uid, last)
+    lengths = [np.bincount(streams[s]["row"], minlength=len(uid)) for s in ("long_watch_seq", "like_seq")]
+    counters = np.stack([watches, *lengths], 1)
+    return _merge_history(streams, uid, last), uid, counters
 
 
 def _occurrence_key(
@@ -418,11 +455,11 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _parse_day(value: str) -> int:
+def _parse_day(value: str, key: str = "eval_from") -> int:
     try:
         d = dt.date.fromisoformat(str(value))
     except ValueError:
-        raise DataError(f"eval_from: expected a date 'YYYY-MM-DD', got {value!r}") from None
+        raise DataError(f"{key}: expected a date 'YYYY-MM-DD', got {value!r}") from None
     return d.year * 10000 + d.month * 100 + d.day
 
 
@@ -450,6 +487,33 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.nda
     np.cumsum(lengths, out=offsets[1:])
     idx = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
     return idx, offsets
+
+
+def _scaled_count(count: np.ndarray) -> np.ndarray:
+    return (np.log1p(count) / 5.0).astype(np.float32)
+
+
+def _counts_before(
+    key: np.ndarray, ts: np.ndarray, labels: dict[str, np.ndarray], q_key: np.ndarray, q_ts: np.ndarray
+) -> list[np.ndarray]:
+    """For each query (key, time): the rows with that key and `ts` strictly before the time, and how
+    many of them carry each label: [rows, *label sums in `labels` order]."""
+    uniq = np.unique(np.concatenate([key, q_key]))
+    t0 = min(int(ts.min()), int(q_ts.min()))
+    span = max(int(ts.max()), int(q_ts.max())) - t0 + 1
+    if len(uniq) * span >= 2**62:
+        raise DataError("timestamps span too wide to index (check time_ms units)")
+    comb = np.searchsorted(uniq, key) * span + (ts - t0)
+    order = np.argsort(comb, kind="stable")
+    comb = comb[order]
+    base = np.searchsorted(uniq, q_key) * span
+    lo = np.searchsorted(comb, base, side="left")
+    hi = np.searchsorted(comb, base + (q_ts - t0), side="left")  # strictly earlier
+    out = [hi - lo]
+    for v in labels.values():
+        cum = np.r_[0, np.cumsum(v[order])]
+        out.append(cum[hi] - cum[lo])
+    return out
 
 
 def _drop_duplicates(log: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
@@ -566,6 +630,7 @@ def convert_kuairand(
     max_seq_len: int = 64,
     request_gap_s: float = 60.0,
     drop_duplicates: bool = True,
+    eval_until: str | None = None,
 ) -> dict:
     """Convert KuaiRand-Pure files into `out/{train,eval}/part-00000.parquet` + `out/meta.json`.
 
@@ -574,7 +639,9 @@ def convert_kuairand(
     `eval_from`: first eval day (YYYY-MM-DD, compared with the log's `date`); `surfaces`: tab -> surface
     name (others go to `other`); `max_seq_len`: newest events kept; `request_gap_s`: see the module doc;
     `drop_duplicates`: keep one of rows with the same (user_id, video_id, time_ms) (the official logs
-    repeat ~3% of impressions, a few with a different hour/date bucket).
+    repeat ~3% of impressions, a few with a different hour/date bucket); `eval_until`: first day
+    not written at all (rows from it on are dropped, e.g. to hold out the last train day as a
+    validation split); None keeps every day from `eval_from` on in eval.
 
     Returns the meta dict written to `meta.json`. Bad inputs raise `DataError` naming the file.
     """
@@ -584,6 +651,7 @@ def convert_kuairand(
     if max_seq_len < 0:
         raise DataError(f"max_seq_len must be >= 0, got {max_seq_len}")
     split_day = _parse_day(eval_from)
+    until_day = _parse_day(eval_until, "eval_until") if eval_until is not None else None
     mapping = dict(DEFAULT_SURFACES if surfaces is None else surfaces)
     for k, v in mapping.items():
         if not isinstance(v, str) or not v:
@@ -592,9 +660,17 @@ def convert_kuairand(
     log = _read_logs(logs)
     uid, ufeat = _read_users(users)
     vid, vfeat = _read_videos(videos)
-    hist = _read_history(history) if history is not None else None
+    none = np.zeros(0, np.int64)
+    hist, hist_uid, hist_counts = (None, none, none.reshape(0, 3)) if history is None else _read_history(history)
 
     raw_rows = len(log["user_id"])
+    after_until = 0
+    if until_day is not None:
+        keep = log["date"] < until_day
+        after_until = int((~keep).sum())
+        if not keep.any():
+            raise DataError(f"eval_until={eval_until}: every log row is on or after that day")
+        log = {k: v[keep] for k, v in log.items()}
     dropped = 0
     if drop_duplicates:
         log, dropped = _drop_duplicates(log)
@@ -611,6 +687,9 @@ def convert_kuairand(
     req_time = log["time_ms"][first]
 
     ev = _events(log, hist)
+    evi, evfound = _lookup(ev["item"], vid)
+    ev_lists = {"seq_item": ev["item"], "seq_action": ev["action"], "seq_ts": ev["ts"]}
+    ev_lists |= {c: _gather(vfeat[f], evi, evfound, MISSING) for c, f in SEQ_SIDE_COLUMNS.items()}
     seq_start, seq_end = _sequence_bounds(ev, req_user, req_time, max_seq_len)
 
     # Columns.
@@ -632,7 +711,7 @@ def convert_kuairand(
         cols[c] = _gather(ufeat[c], ui, ufound, MISSING)
     vi, vfound = _lookup(log["video_id"], vid)
     cols["video_id"] = log["video_id"]
-    for c in ("author_id", "video_type", "upload_type", "music_type", "tag"):
+    for c in ("author_id", "video_type", "upload_type", "music_type", "tag", "duration_bucket"):
         cols[c] = _gather(vfeat[c], vi, vfound, MISSING)
     cols["tab"] = tab
     cols["hour"] = log["hourmin"] // 100
@@ -644,6 +723,16 @@ def convert_kuairand(
     cols["video_age_days"] = np.where(np.isfinite(age), np.log1p(np.maximum(age, 0.0)) / 5.0, 0.0).astype(
         np.float32
     )
+    # Counters at the request's first impression time (strictly earlier rows), shared by its rows.
+    hi, hfound = _lookup(log["user_id"], hist_uid)
+    for j, name in enumerate(("watches", "long_views", "likes")):
+        cols[f"user_history_{name}"] = _scaled_count(_gather(hist_counts[:, j], hi, hfound, 0))
+    t_req = req_time[req_of_row]
+    for who in ("user", "video"):
+        key = log[f"{who}_id"]
+        counts = _counts_before(key, log["time_ms"], {lab: log[lab] for lab in LABELS}, key, t_req)
+        for name, c in zip(("impressions", "clicks", "long_views", "likes"), counts, strict=True):
+            cols[f"{who}_prior_{name}"] = _scaled_count(c)
     for lab in LABELS:
         cols[lab] = log[lab]
 
@@ -662,7 +751,9 @@ def convert_kuairand(
         },
         "sha256": {str(p): _sha256(p) for p in [*logs, users, videos, *([history] if history else [])]},
         "eval_from": eval_from,
-        "split_rule": "train: log date < eval_from; eval: date >= eval_from",
+        "eval_until": eval_until,
+        "rows_from_eval_until_dropped": after_until,
+        "split_rule": "train: log date < eval_from; eval: eval_from <= date (< eval_until when given)",
         "surfaces": {str(k): v for k, v in sorted(mapping.items())} | {"*": OTHER_SURFACE},
         "view_type": "is_rand: 0 organic, 1 random",
         "max_seq_len": max_seq_len,
@@ -697,8 +788,8 @@ def convert_kuairand(
                 arrays[c] = pa.array(surface[rows], type=pa.string())
             elif c == "view_type":
                 arrays[c] = pa.array(view_type[rows], type=pa.string())
-            elif c in SEQ_COLUMNS:
-                src = {"seq_item": ev["item"], "seq_action": ev["action"], "seq_ts": ev["ts"]}[c]
+            elif c in ev_lists:
+                src = ev_lists[c]
                 values = pa.array(src[idx] if len(idx) else np.zeros(0, np.int64), type=pa.int64())
                 arrays[c] = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
             else:

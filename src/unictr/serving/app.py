@@ -190,15 +190,18 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     poll_seconds: float = 1.0,
     threads: int | None = None,
+    backend: str = "auto",
+    bf16: bool = False,
 ) -> FastAPI:
-    """The scoring app over `registry_dir`; models load at startup and follow the registry after."""
+    """The scoring app over `registry_dir`; models load at startup and follow the registry after.
+
+    `backend` and `bf16` choose how each surface's model runs (see `Scorer`).
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     metrics = ServingMetrics()
-    store = ModelStore(
-        Registry(registry_dir), metrics, {"max_unique_users": max_unique_users, "max_candidates": max_candidates},
-        poll_seconds,
-    )
+    options = {"max_unique_users": max_unique_users, "max_candidates": max_candidates, "backend": backend, "bf16": bf16}
+    store = ModelStore(Registry(registry_dir), metrics, options, poll_seconds)
     shadow = ShadowRunner(metrics)
 
     @asynccontextmanager

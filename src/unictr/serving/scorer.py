@@ -20,9 +20,10 @@ time are dropped (clock skew must not fail a request) and counted; only the newe
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, NotRequired
@@ -36,13 +37,14 @@ from unictr.checkpoint import MODEL_FILE
 from unictr.data.batch import Batch, Schema
 from unictr.data.encode import hash_ids
 from unictr.data.reader import no_sequences, pad_sequences
-from unictr.export import load_export, probabilities
+from unictr.export import BATCH_INPUTS, ONNX_FILE, load_export, probabilities, probe_batch
 from unictr.model import UnifiedCTR
 
 Int64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 Dense = Annotated[float, Strict(), Field(allow_inf_nan=False, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 MAX_ERRORS_SHOWN = 5
+BACKENDS = ("auto", "eager", "compile", "onnx")  # how the model runs; docs/performance.md measures each
 
 
 class RequestError(ValueError):
@@ -139,7 +141,14 @@ class EncodedRequest:
 
 
 class Scorer:
-    """Scores requests for one surface export. Thread-safe: the model is only read."""
+    """Scores requests for one surface export. Thread-safe: the model is only read.
+
+    `backend`: `eager` (PyTorch), `compile` (`torch.compile`, compiled here on probe batches),
+    `onnx` (ONNX Runtime on the export's `model.onnx`, CPU) or `auto`: onnx when there is a
+    `model.onnx` and neither bf16 nor another device is asked for (the fastest path measured in
+    docs/performance.md), else eager. `bf16` runs eager/compile under bf16 autocast (CPUs with AMX
+    or AVX512-BF16, or a GPU); `device` is where eager/compile run.
+    """
 
     def __init__(
         self,
@@ -149,6 +158,10 @@ class Scorer:
         max_unique_users: int = 256,
         max_candidates: int = 5000,
         threads: int | None = None,
+        backend: str = "auto",
+        bf16: bool = False,
+        onnx_path: str | Path | None = None,
+        device: str = "cpu",
     ) -> None:
         if max_unique_users < 1 or max_candidates < 1:
             raise ValueError("max_unique_users and max_candidates must be >= 1")
@@ -157,6 +170,10 @@ class Scorer:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
         self.model = model.eval()
+        if backend == "auto":
+            backend = "onnx" if onnx_path is not None and not bf16 and torch.device(device).type == "cpu" else "eager"
+        self.backend = backend
+        self._forward = _runner(self.model, backend, bf16, onnx_path, torch.device(device))
         self.manifest = dict(manifest)
         self.schema = model.schema
         self.surface = self.schema.surfaces[0]
@@ -169,8 +186,12 @@ class Scorer:
 
     @classmethod
     def load(cls, export_dir: str | Path, **kwargs: Any) -> Scorer:
-        """A scorer for an export directory (checksums verified)."""
+        """A scorer for an export directory (checksums verified; `backend="onnx"` needs an ONNX export)."""
         model, manifest = load_export(export_dir)
+        if ONNX_FILE in manifest["files"]:
+            kwargs.setdefault("onnx_path", Path(export_dir) / ONNX_FILE)
+        elif kwargs.get("backend") == "onnx":
+            raise ValueError(f"{export_dir}: no {ONNX_FILE}; export with --format onnx to serve with onnx")
         return cls(model, manifest, **kwargs)
 
     def parse(self, request: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
@@ -182,6 +203,10 @@ class Scorer:
         except ValidationError as e:
             raise RequestError(_format_errors(e)) from None
 
+    def predict(self, batch: Batch) -> np.ndarray:
+        """Probabilities `[N, all tasks]` of an encoded batch with this scorer's backend (one pass, no chunking)."""
+        return self._forward(batch)
+
     def score(self, request: bytes | str | Mapping[str, Any]) -> ScoreResult:
         """Validate, encode and score a request."""
         enc = self.encode(self.parse(request))
@@ -190,7 +215,7 @@ class Scorer:
         for start in range(0, b.num_users, self.max_unique_users):  # rows are grouped by user: chunks are slices
             users = torch.arange(start, min(start + self.max_unique_users, b.num_users))
             chunk = b if len(users) == b.num_users else b.take_users(users)
-            parts.append(probabilities(self.model, chunk)[:, self._task_cols].numpy())
+            parts.append(self.predict(chunk)[:, self._task_cols])
         probs = np.empty((b.num_rows, len(self.tasks)), dtype=np.float32)
         if parts:
             probs[enc.order] = np.concatenate(parts)
@@ -273,6 +298,35 @@ class Scorer:
             np.full(len(seqs), req_ms, dtype=np.int64), self.schema, "request", [v[by_time] for v in sides],
         )
         return tensors, int((counts > spec.max_len).sum()), int((~keep).sum())
+
+
+def _runner(
+    model: UnifiedCTR, backend: str, bf16: bool, onnx_path: str | Path | None, device: torch.device
+) -> Callable[[Batch], np.ndarray]:
+    """Batch → probabilities `[N, T]` (float32 numpy) with the chosen backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if backend == "onnx":
+        if bf16 or device.type != "cpu":
+            raise ValueError("the onnx backend runs in fp32 on the CPU (no bf16, no device)")
+        if onnx_path is None:
+            raise ValueError("the onnx backend needs onnx_path (the export's model.onnx)")
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch's pool
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        return lambda b: session.run(None, {n: getattr(b, n).numpy() for n in BATCH_INPUTS})[0]
+    net = torch.compile(model.to(device), dynamic=True) if backend == "compile" else model.to(device)
+
+    def forward(b: Batch) -> np.ndarray:
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return probabilities(net, b.to(device)).cpu().numpy()
+
+    if backend == "compile":  # compile now, for one user and for several, not on the first requests
+        for users, rows in ((1, 3), (3, 7)):
+            forward(probe_batch(model.schema, model.schema.surfaces[0], users, rows))
+    return forward
 
 
 def _cat_matrix(rows: list[Mapping[str, int]], names: tuple[str, ...], sizes: tuple[int, ...]) -> np.ndarray:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from unictr.data.batch import Batch, Schema
 from unictr.metrics import metric_block
@@ -29,12 +31,17 @@ def user_chunks(b: Batch, rows: int) -> Iterator[Batch]:
 
 
 @torch.inference_mode()
-def predict(model: UnifiedCTR, b: Batch, rows: int = 32768, device: torch.device | None = None) -> np.ndarray:
-    """Probabilities `[N, T]` for every row of `b`, in `b`'s row order."""
+def predict_logits(model: UnifiedCTR, b: Batch, rows: int = 32768, device: torch.device | None = None) -> Tensor:
+    """Calibrated logits `[N, T]` (float32, CPU) for every row of `b`, in `b`'s row order, in eval mode."""
     device = device or next(model.parameters()).device
     model.eval()
-    outs = [model.predict(chunk.to(device)).cpu() for chunk in user_chunks(b, rows)]
-    return torch.cat(outs).numpy() if outs else np.zeros((0, len(model.schema.tasks)), dtype=np.float32)
+    outs = [model(chunk.to(device)).float().cpu() for chunk in user_chunks(b, rows)]
+    return torch.cat(outs) if outs else torch.zeros((0, len(model.schema.tasks)))
+
+
+def predict(model: UnifiedCTR, b: Batch, rows: int = 32768, device: torch.device | None = None) -> np.ndarray:
+    """Probabilities `[N, T]` for every row of `b`, in `b`'s row order."""
+    return torch.sigmoid(predict_logits(model, b, rows, device)).numpy()
 
 
 def sliced_metrics(schema: Schema, b: Batch, probs: np.ndarray) -> dict[str, Any]:
@@ -73,5 +80,13 @@ def sliced_metrics(schema: Schema, b: Batch, probs: np.ndarray) -> dict[str, Any
     return out
 
 
-def evaluate(model: UnifiedCTR, b: Batch, device: torch.device | None = None) -> dict[str, Any]:
-    return sliced_metrics(model.schema, b, predict(model, b, device=device))
+def evaluate(
+    model: UnifiedCTR, b: Batch, device: torch.device | None = None, plots: Path | None = None
+) -> dict[str, Any]:
+    """`sliced_metrics` of the model's predictions; with `plots`, also one reliability diagram per surface there."""
+    probs = predict(model, b, device=device)
+    if plots is not None:
+        from unictr.plots import reliability_diagrams  # matplotlib only when asked for
+
+        reliability_diagrams(model.schema, b, probs, plots)
+    return sliced_metrics(model.schema, b, probs)

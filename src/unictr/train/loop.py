@@ -50,12 +50,12 @@ def setup_runtime(spec: TrainSpec) -> torch.device:
 
 
 def make_optimizer(model: UnifiedCTR, spec: TrainSpec) -> torch.optim.AdamW:
-    """AdamW; the fused embedding table gets its own LR and no weight decay."""
+    """AdamW; the fused embedding table gets its own LR and weight decay."""
     table = model.embedding.weight
     rest = [p for p in model.parameters() if p is not table]
     return torch.optim.AdamW(
         [
-            {"params": [table], "lr": spec.embedding_lr or spec.lr, "weight_decay": 0.0},
+            {"params": [table], "lr": spec.embedding_lr or spec.lr, "weight_decay": spec.embedding_weight_decay},
             {"params": rest, "lr": spec.lr, "weight_decay": spec.weight_decay},
         ]
     )
@@ -88,6 +88,24 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def train_step(
+    model: UnifiedCTR, opt: torch.optim.Optimizer, mb: Batch, weights: torch.Tensor, bf16: bool
+) -> torch.Tensor:
+    """One step on a minibatch already on the model's device: forward, weighted BCE, backward, update.
+
+    Returns the loss; raises FloatingPointError (before touching the weights) if it is not finite.
+    """
+    with autocast(mb.user_index.device, bf16):
+        logits = model(mb)
+    loss, _ = masked_bce(logits, mb, weights)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()}")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
@@ -167,14 +185,10 @@ def train(
                 for group, base in zip(opt.param_groups, base_lrs, strict=True):
                     group["lr"] = base * factor
                 mb = mb.to(device)
-                with autocast(device, spec.bf16):
-                    logits = model(mb)
-                loss, _ = masked_bce(logits, mb, weights)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {epoch + 1}: training loss became {loss.item()}; stopping")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                try:
+                    loss = train_step(model, opt, mb, weights, spec.bf16)
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"epoch {epoch + 1}: {e}; stopping") from None
                 seen += mb.num_rows
                 loss_sum += loss.item() * mb.num_rows
                 rate = seen / (time.perf_counter() - t0)

@@ -1,0 +1,203 @@
+"""Serving suite: latency of one exported surface model for a request of 1 user × 500 candidates.
+
+A small run is trained on simulated data and its `home_feed` surface exported with ONNX. The same
+request (JSON bytes) is scored in-process by `Scorer.score` (validation, encoding and the model:
+everything but HTTP) with each backend (eager, `torch.compile`, ONNX Runtime; fp32, and bf16
+autocast where the hardware has it), then over HTTP by the real server (`unictr serve` in a child
+process on 127.0.0.1) with the eager backend and the fastest one. Latencies are client-side wall
+times; p99 is also reported as a multiple of the request's FLOP floor (see the floor suite).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from rich.console import Console
+
+from benchmarks import fixtures
+from benchmarks.floor import floor_ms, request_flops
+from benchmarks.harness import Context, bf16_support, compare, summarize, threads
+from unictr.config import Config
+from unictr.export import export_surface
+from unictr.serving.registry import Registry
+from unictr.serving.scorer import Scorer
+from unictr.train.loop import train
+
+USERS, CANDIDATES = 1, 500
+SERVER_START_TIMEOUT_S = 600  # the compile backend compiles before it serves
+
+
+def trained_export(ctx: Context) -> Path:
+    """A surface export (safetensors + ONNX) of one short training epoch on simulated data."""
+    cfg = fixtures.sim_config()
+    raw = cfg.model_dump(mode="json")
+    raw["train"].update(epochs=1, threads=ctx.threads, device=ctx.device.type)
+    cfg = Config.model_validate(raw)
+    run = ctx.workdir / "serving-run"
+    train(cfg, fixtures.sim_data(ctx, ctx.pick(20_000, 3_000)), run, console=Console(quiet=True), show_progress=False)
+    out = ctx.workdir / "serving-export"
+    export_surface(run, fixtures.SURFACE, out, fmt="onnx")
+    return out
+
+
+def _variants(ctx: Context) -> dict[str, tuple[int, dict[str, Any]]]:
+    """(threads, Scorer options) per variant: every backend in fp32, eager/compile in bf16 where native,
+    and eager/ONNX fp32 on one thread when the run has more."""
+    out: dict[str, dict[str, Any]] = {"eager_fp32": {"backend": "eager"}}
+    bf16 = bf16_support(ctx.device)[0]
+    if bf16:
+        out["eager_bf16"] = {"backend": "eager", "bf16": True}
+    if not ctx.quick:  # compiling takes a minute or more per variant
+        out["compile_fp32"] = {"backend": "compile"}
+        if bf16:
+            out["compile_bf16"] = {"backend": "compile", "bf16": True}
+    cpu = ctx.device.type == "cpu"
+    if cpu:
+        out["onnx_fp32"] = {"backend": "onnx"}
+    variants = {name: (ctx.threads, options) for name, options in out.items()}
+    if cpu and ctx.threads > 1:
+        variants |= {"eager_fp32_1_thread": (1, out["eager_fp32"]), "onnx_fp32_1_thread": (1, out["onnx_fp32"])}
+    return variants
+
+
+def _on(n_threads: int, fn: Callable[..., object], *args: Any) -> Callable[[], object]:
+    """`fn(*args)` with torch on `n_threads` threads."""
+
+    def call() -> object:
+        with threads(n_threads):
+            return fn(*args)
+
+    return call
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(
+    ctx: Context, registry: Path, variant: tuple[int, dict[str, Any]], body: bytes, repeats: int
+) -> dict[str, Any]:
+    """Client-side latency of `repeats` sequential requests to a fresh `unictr serve` process."""
+    n_threads, options = variant
+    port = _free_port()
+    cmd = [
+        sys.executable, "-m", "unictr.cli", "serve", "--registry", str(registry), "--port", str(port),
+        "--threads", str(n_threads), "--backend", options["backend"], "--poll-seconds", "30",
+    ]
+    cmd += ["--bf16"] if options.get("bf16") else []
+    log = ctx.workdir / f"server-{port}.log"
+    env = {**os.environ, "OMP_NUM_THREADS": str(n_threads)}
+    with open(log, "wb") as out:
+        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/v1/surfaces/{fixtures.SURFACE}/score"
+    try:
+        with httpx.Client(timeout=60) as client:
+            started = time.perf_counter()
+            while not _live(client, port):
+                if server.poll() is not None or time.perf_counter() - started > SERVER_START_TIMEOUT_S:
+                    raise RuntimeError(f"the server did not start; see its log:\n{log.read_text()[-2000:]}")
+                time.sleep(0.2)
+            for _ in range(ctx.pick(10, 2)):  # warm-up
+                client.post(url, content=body).raise_for_status()
+            seconds = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                client.post(url, content=body).raise_for_status()
+                seconds.append(time.perf_counter() - start)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return summarize(seconds)
+
+
+def _live(client: httpx.Client, port: int) -> bool:
+    try:
+        live = client.get(f"http://127.0.0.1:{port}/healthz").json()["live"]
+    except (httpx.TransportError, ValueError, KeyError):
+        return False
+    return live.get(fixtures.SURFACE) is not None
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    export = trained_export(ctx)
+    cfg = fixtures.sim_config()
+    request = fixtures.make_request(fixtures.sim_data(ctx, ctx.pick(20_000, 3_000)), cfg, USERS, CANDIDATES)
+    body = json.dumps(request).encode()
+    repeats = ctx.pick(200, 5)
+
+    variants = _variants(ctx)
+    scorers, setup_s = {}, {}
+    for name, (n_threads, options) in variants.items():
+        start = time.perf_counter()
+        with threads(n_threads):  # ONNX Runtime sizes its thread pool when the session is made
+            scorers[name] = Scorer.load(export, device=ctx.device.type, **options)
+        setup_s[name] = time.perf_counter() - start
+    reference = scorers["eager_fp32"].score(body).probabilities
+    max_diff = {name: float(abs(s.score(body).probabilities - reference).max()) for name, s in scorers.items()}
+    in_process = compare(ctx, {name: _on(variants[name][0], s.score, body) for name, s in scorers.items()}, repeats)
+
+    eager = scorers["eager_fp32"]  # where the time goes: validation, encoding (any backend), then the model
+    parsed = eager.parse(body)
+    batch = eager.encode(parsed).batch
+    stages = compare(ctx, {"parse": partial(eager.parse, body), "encode": partial(eager.encode, parsed)}, repeats)
+    model_only = compare(ctx, {name: _on(variants[name][0], s.predict, batch) for name, s in scorers.items()}, repeats)
+    flops, _ = request_flops(eager.model, batch.to(ctx.device))
+    floors = {"fp32": floor_ms(ctx, flops)}
+    if bf16_support(ctx.device)[0]:
+        floors["bf16"] = floor_ms(ctx, flops, torch.bfloat16)
+
+    def floor_of(variant: str) -> float:
+        """The variant's floor: its dtype's peak rate at its thread count."""
+        with threads(variants[variant][0]):
+            return floor_ms(ctx, flops, torch.bfloat16 if variants[variant][1].get("bf16") else torch.float32)
+
+    best = min(in_process, key=lambda name: in_process[name]["median_ms"])
+    floor = floor_of(best)
+    http = {}
+    if ctx.device.type == "cpu":
+        registry = Registry(ctx.workdir / "registry")
+        version = registry.publish(fixtures.SURFACE, export)
+        registry.promote(fixtures.SURFACE, version, force=True)
+        for name in dict.fromkeys(["eager_fp32", best]):
+            http[name] = _http(ctx, registry.root, variants[name], body, repeats)
+    ctx.log(
+        f"serving 1x500 in-process: fastest {best} p50 {in_process[best]['p50_ms']:.2f} ms, "
+        f"p99 {in_process[best]['p99_ms']:.2f} ms = {in_process[best]['p99_ms'] / floor:.1f}x its floor"
+    )
+    return {
+        "surface": fixtures.SURFACE,
+        "request": f"{USERS} user x {CANDIDATES} candidates",
+        "backend": best,
+        "p50_ms": in_process[best]["p50_ms"],
+        "p99_ms": in_process[best]["p99_ms"],
+        "floor_ms": floor,
+        "p99_x_floor": in_process[best]["p99_ms"] / floor,
+        "mflop": flops / 1e6,
+        "floors_ms": floors,
+        "in_process": in_process,
+        "in_process_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in in_process.items()},
+        "stages": stages,
+        "model_only": model_only,
+        "model_only_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in model_only.items()},
+        "http": http if http else {"skipped": "the HTTP server runs on the CPU"},
+        "http_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in http.items()},
+        "setup_s": setup_s,
+        "max_abs_diff_vs_eager_fp32": max_diff,
+        "bf16": bf16_support(ctx.device)[1],
+    }

@@ -1,0 +1,73 @@
+"""`unictr bench`: runs the benchmark suites of `benchmarks/` (at the repository root) and reports them.
+
+The suites are development tooling like `tests/`: they live beside the package in the source
+checkout, not inside it, and the editable install (`pip install -e .`) finds them from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+SUITE_CHOICES = ("embedding", "broadcast", "serving", "training", "floor", "all")
+
+
+class BenchError(RuntimeError):
+    """The suites cannot be found or loaded."""
+
+
+def load_suites() -> ModuleType:
+    """The `benchmarks` package of this source checkout."""
+    init = BENCH_DIR / "__init__.py"
+    if not init.is_file():
+        raise BenchError(f"{BENCH_DIR}: no benchmark suites; `unictr bench` needs a source checkout (pip install -e .)")
+    root = str(BENCH_DIR.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module("benchmarks")
+    if Path(module.__file__ or "").resolve() != init.resolve():
+        raise BenchError(f"another package named 'benchmarks' ({module.__file__}) shadows {BENCH_DIR}")
+    return module
+
+
+def run(
+    suite: str = "all",
+    quick: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run one suite or all of them; returns the result document (see docs/performance.md)."""
+    if suite not in SUITE_CHOICES:
+        raise BenchError(f"unknown suite {suite!r}; choose from {', '.join(SUITE_CHOICES)}")
+    suites = load_suites()
+    names = suites.SUITES if suite == "all" else (suite,)
+    return suites.run_suites(names, device=device, threads=threads, quick=quick, log=log)
+
+
+def headlines(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(measure, value, target) rows for the summary table, for the suites present in `result`."""
+    rows = []
+    if "embedding" in result:
+        rows.append(("fused embedding training step vs per-feature loop",
+                     f"{result['embedding']['train_step_speedup']:.1f}x", ">= 3x"))
+    if "broadcast" in result:
+        rows.append(("user broadcast speedup at 1 user x 500",
+                     f"{result['broadcast']['speedup_1x500']:.1f}x", ">= 10x"))
+    if "serving" in result:
+        s = result["serving"]
+        rows.append((f"serving 1x500 in-process p50 / p99 ({s['backend']})",
+                     f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f} ms", ""))
+        rows.append(("serving p99 as a multiple of its FLOP floor",
+                     f"{s['p99_x_floor']:.1f}x of {s['floor_ms']:.2f} ms", "<= 3x"))
+    if "training" in result:
+        rows.append(("training throughput (simulated data)", f"{result['training']['rows_per_s']:,.0f} rows/s", ""))
+    if "floor" in result:
+        fp32 = result["floor"]["matmul"]["fp32"]
+        rows.append(("matmul rate fp32 (peak)", f"{fp32['gflops_peak']:.0f} GFLOP/s", ""))
+    return rows
