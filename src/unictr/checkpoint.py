@@ -117,8 +117,8 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_tensors(run_dir: Path, name: str, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Load one safetensors file after checking its sha256 against the manifest."""
+def verify_file(run_dir: Path, name: str, manifest: dict[str, Any]) -> Path:
+    """The path of a file the manifest names, after checking it exists and its sha256 matches."""
     path = Path(run_dir) / name
     expected = manifest["files"].get(name)
     if expected is None:
@@ -130,7 +130,12 @@ def load_tensors(run_dir: Path, name: str, manifest: dict[str, Any]) -> dict[str
         raise CheckpointError(
             f"{path}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…); refusing to load"
         )
-    return load_file(str(path))
+    return path
+
+
+def load_tensors(run_dir: Path, name: str, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Load one safetensors file after checking its sha256 against the manifest."""
+    return load_file(str(verify_file(run_dir, name, manifest)))
 
 
 def load_config_from_manifest(manifest: dict[str, Any], source: str) -> Config:

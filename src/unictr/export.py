@@ -39,6 +39,7 @@ from unictr.checkpoint import (
     save_tensors,
     schema_dict,
     sha256_file,
+    verify_file,
     versions,
 )
 from unictr.config import Config, DataSpec, config_from_dict
@@ -445,16 +446,8 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def verify_files(export_dir: str | Path, manifest: dict[str, Any]) -> None:
     """Check the sha256 of every file the manifest names; raises CheckpointError on any mismatch."""
-    export_dir = Path(export_dir)
-    for name, expected in manifest["files"].items():
-        path = export_dir / name
-        if not path.is_file():
-            raise CheckpointError(f"{path}: listed in {MANIFEST} but missing")
-        actual = sha256_file(path)
-        if actual != expected:
-            raise CheckpointError(
-                f"{path}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…); refusing to load"
-            )
+    for name in manifest["files"]:
+        verify_file(Path(export_dir), name, manifest)
 
 
 def load_export(export_dir: str | Path) -> tuple[UnifiedCTR, dict[str, Any]]:
