@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unictr.config import ConfigError, load_config
+from unictr.config import Config, ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Unified multi-surface engagement model.")
 data_app = typer.Typer(no_args_is_help=True, help="Make canonical data directories.")
@@ -127,7 +127,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     console.print(table)
 
 
-def _load(path: Path):  # noqa: ANN202 - returns Config
+def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as e:

@@ -15,18 +15,16 @@ from unictr.metrics import metric_block
 from unictr.model import UnifiedCTR
 
 
-def user_chunks(b: Batch, rows: int) -> Iterator[Batch]:
-    """Consecutive sub-batches of whole users holding about `rows` impressions each.
-
-    Assumes rows are grouped by user in user order (what the reader produces).
-    """
-    counts = torch.bincount(b.user_index, minlength=b.num_users)
+def user_chunks(b: Batch, rows: int, order: Tensor | None = None) -> Iterator[Batch]:
+    """Sub-batches of whole users, taken in `order` (default: user order), of about `rows` impressions each."""
+    order = torch.arange(b.num_users) if order is None else order
+    counts = torch.bincount(b.user_index, minlength=b.num_users)[order]
     ends = torch.cumsum(counts, 0)
     cuts = torch.searchsorted(ends, torch.arange(rows, int(ends[-1]) + rows, rows), right=True).tolist()
     start = 0
     for cut in [*cuts, b.num_users]:
         if cut > start:
-            yield b.take_users(torch.arange(start, cut))
+            yield b.take_users(order[start:cut])
             start = cut
 
 

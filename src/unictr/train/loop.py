@@ -25,7 +25,7 @@ from unictr.config import Config, TrainSpec
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split
 from unictr.model import UnifiedCTR, masked_bce
-from unictr.train.evaluate import evaluate
+from unictr.train.evaluate import evaluate, user_chunks
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 
@@ -73,15 +73,7 @@ def lr_factor(spec: TrainSpec, step: int, total: int) -> float:
 
 def request_minibatches(b: Batch, rows: int, generator: torch.Generator) -> Iterator[Batch]:
     """Shuffle whole requests, then cut them into minibatches of about `rows` impressions."""
-    order = torch.randperm(b.num_users, generator=generator)
-    counts = torch.bincount(b.user_index, minlength=b.num_users)[order]
-    ends = torch.cumsum(counts, 0)
-    cuts = torch.searchsorted(ends, torch.arange(rows, int(ends[-1]) + rows, rows), right=True).tolist()
-    start = 0
-    for cut in [*cuts, b.num_users]:
-        if cut > start:
-            yield b.take_users(order[start:cut])
-            start = cut
+    return user_chunks(b, rows, torch.randperm(b.num_users, generator=generator))
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
