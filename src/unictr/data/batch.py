@@ -108,10 +108,12 @@ class Batch:
 
         Rows of a user need not be contiguous; they keep their relative order.
         """
-        keep = torch.zeros(self.num_users, dtype=torch.bool)
+        dev = self.user_index.device
+        users = users.to(dev)
+        keep = torch.zeros(self.num_users, dtype=torch.bool, device=dev)
         keep[users] = True
-        new_pos = torch.full((self.num_users,), -1, dtype=torch.int64)
-        new_pos[users] = torch.arange(len(users))
+        new_pos = torch.full((self.num_users,), -1, dtype=torch.int64, device=dev)
+        new_pos[users] = torch.arange(len(users), device=dev)
         rows = torch.nonzero(keep[self.user_index], as_tuple=True)[0]
         # order rows by their user's new position (stable: keeps row order within a user)
         rows = rows[torch.argsort(new_pos[self.user_index[rows]], stable=True)]
@@ -120,7 +122,8 @@ class Batch:
     def broadcast_users(self) -> Batch:
         """The same batch with the user side repeated once per row (U == N), for equivalence checks."""
         ui = self.user_index
-        return self._take(ui, torch.arange(self.num_rows), torch.arange(self.num_rows))
+        rows = torch.arange(self.num_rows, device=ui.device)
+        return self._take(ui, rows, rows)
 
     def _take(self, users: Tensor, rows: Tensor, user_index: Tensor) -> Batch:
         user_fields = {"user_cat", "user_dense", "seq_item", "seq_side", "seq_action", "seq_age", "seq_mask"}
