@@ -72,7 +72,7 @@ def eval_cmd(
 @app.command("quickstart")
 def quickstart(
     out: Path = typer.Option(Path("quickstart"), help="Output directory."),
-    rows: int = typer.Option(300_000, help="Impressions to simulate."),
+    rows: int = typer.Option(1_000_000, help="Impressions to simulate."),
     config: Path = typer.Option(DEFAULT_CONFIG, help="YAML config."),
     seed: int = typer.Option(0, help="Simulator seed."),
 ) -> None:
@@ -382,11 +382,14 @@ def experiment_unify(
     data: Path = typer.Option(..., help="Data directory with train/ and eval/."),
     out: Path = typer.Option(..., help="Report directory: report.md, report.json, auc.png."),
     seeds: str = typer.Option("0", help="Comma-separated training seeds; metrics are averaged over them."),
-    arms: str = typer.Option("unified,separate,shared,lightgbm", help="Comma-separated arms to run."),
+    arms: str = typer.Option(
+        "unified,separate,shared,lightgbm",
+        help="Comma-separated arms: unified, separate, shared, lightgbm, and the ablations no_sequence, no_mmoe.",
+    ),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC-difference intervals."),
     keep_runs: bool = typer.Option(False, help="Keep every model's checkpoint under OUT/runs."),
 ) -> None:
-    """Unified vs one model per surface vs one shared tower vs LightGBM, same data and budget."""
+    """Unified vs one model per surface vs one shared tower vs LightGBM (and ablations), same data and budget."""
     import shlex
 
     from unictr.experiment import run_experiment

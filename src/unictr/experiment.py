@@ -43,7 +43,8 @@ from unictr.data.reader import load_split, split_files
 from unictr.metrics import auc, bootstrap_auc_diff
 from unictr.train.evaluate import predict, sliced_metrics
 
-ARMS = ("unified", "separate", "shared", "lightgbm")
+ARMS = ("unified", "separate", "shared", "lightgbm", "no_sequence", "no_mmoe")
+DEFAULT_ARMS = ("unified", "separate", "shared", "lightgbm")  # the unify experiment; the rest are ablations
 
 # LightGBM settings, chosen on the validation split (train 04-25..28, validate 04-29; docs/results.md):
 # strong smoothing of the many sparse categorical columns mattered most.
@@ -97,13 +98,22 @@ def surface_config(cfg: Config, surface: str) -> Config:
     return config_from_dict(raw, f"<config pruned to {surface}>")
 
 
-def shared_config(cfg: Config) -> Config:
-    """`cfg` with one tower shared by every surface."""
-    return cfg.model_copy(
-        update={
-            "model": cfg.model.model_copy(update={"tower": cfg.model.tower.model_copy(update={"per_surface": False})})
-        }
-    )
+def model_part_config(cfg: Config, part: str, **changes: Any) -> Config:
+    """`cfg` with `model.<part>` changed, e.g. one tower shared by every surface or the sequence off."""
+    raw = cfg.model_dump(mode="json")
+    raw["model"][part] |= changes
+    return config_from_dict(raw, f"<config with model.{part} {changes}>")
+
+
+# The config each arm trains with (the separate arm prunes it further per surface).
+ARM_CONFIGS: dict[str, Callable[[Config], Config]] = {
+    "unified": lambda cfg: cfg,
+    "separate": lambda cfg: cfg,
+    "shared": lambda cfg: model_part_config(cfg, "tower", per_surface=False),
+    "lightgbm": lambda cfg: cfg,
+    "no_sequence": lambda cfg: model_part_config(cfg, "sequence", enabled=False),
+    "no_mmoe": lambda cfg: model_part_config(cfg, "mmoe", enabled=False),
+}
 
 
 def with_train(cfg: Config, **changes: Any) -> Config:
@@ -231,6 +241,8 @@ ARM_TRAINERS: dict[str, Callable[..., ArmRun]] = {
     "separate": train_separate,
     "shared": train_unified,
     "lightgbm": train_lightgbm,
+    "no_sequence": train_unified,
+    "no_mmoe": train_unified,
 }
 # ------------------------------------------------------------------------------------------ the run
 
@@ -240,7 +252,7 @@ def run_experiment(
     data: str | Path,
     out: str | Path,
     seeds: tuple[int, ...] = (0,),
-    arms: tuple[str, ...] = ARMS,
+    arms: tuple[str, ...] = DEFAULT_ARMS,
     n_boot: int = 1000,
     command: str = "",
     keep_runs: bool = False,
@@ -272,7 +284,7 @@ def run_experiment(
             for arm in arms:
                 if arm in skipped:
                     continue
-                arm_cfg = with_train(shared_config(cfg) if arm == "shared" else cfg, seed=seed)
+                arm_cfg = with_train(ARM_CONFIGS[arm](cfg), seed=seed)
                 console.print(f"[bold]{arm}[/bold] seed {seed}")
                 try:
                     run = ARM_TRAINERS[arm](arm_cfg, data, work / arm / f"seed{seed}", eval_b, console, show_progress)
@@ -481,7 +493,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     arms = list(report["arms"])
     m = report.get("machine", {})
     lines = [
-        "# Unified vs separate vs shared" + (" vs LightGBM" if "lightgbm" in arms else ""),
+        "# Experiment: " + " vs ".join(arms),
         "",
         f"Command: `{report.get('command', '')}`",
         "",
@@ -495,17 +507,22 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     for arm, why in report.get("arms_skipped", {}).items():
         lines += [f"**{arm} skipped**: {why}", ""]
+    # simulated data carries the true probabilities: their AUC is the ceiling every arm is measured against
+    oracle = any(_block(report["arms"][arms[0]], s, t).get("oracle_auc") is not None for s, t in _slices(report))
+    cols = arms + ["oracle"] * oracle
     lines += [
         "## AUC (seed mean)",
         "",
         "| surface | task | n | "
-        + " | ".join(arms)
+        + " | ".join(cols)
         + (" | unified − separate [95% CI] |" if "auc_diff_ci" in report else " |"),
-        "| --- | --- | ---: | " + " | ".join("---:" for _ in arms) + (" | ---: |" if "auc_diff_ci" in report else " |"),
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + (" | ---: |" if "auc_diff_ci" in report else " |"),
     ]
     for s, t in _slices(report):
-        n = _block(report["arms"][arms[0]], s, t)["n"]
-        row = f"| {s} | {t} | {n:,} | " + " | ".join(_f(_block(report["arms"][a], s, t)["auc"]) for a in arms)
+        first = _block(report["arms"][arms[0]], s, t)
+        row = f"| {s} | {t} | {first['n']:,} | " + " | ".join(
+            [_f(_block(report["arms"][a], s, t)["auc"]) for a in arms] + [_f(first.get("oracle_auc"))] * oracle
+        )
         if "auc_diff_ci" in report:
             d, ci = report["auc_diff"].get(s, {}).get(t), report["auc_diff_ci"].get(s, {}).get(t)
             row += " | " + (f"{_f(d, '+.4f')} [{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]" if ci else "")
