@@ -28,6 +28,22 @@ def sim_config() -> Config:
     return load_config(SIM_CONFIG)
 
 
+# The production-shaped user side: a long action history through a deeper sequence Transformer, the
+# part of the model that request-level broadcasting runs once per user (TransAct-style models keep the
+# newest hundreds to thousands of events; the simulator's users have at most 48, and configs/sim.yaml
+# keeps 32 because that is all its data holds).
+LONG_SEQUENCE = 512
+LONG_SEQUENCE_LAYERS = 2
+
+
+def long_sequence_config(cfg: Config) -> Config:
+    """`cfg` with the user side production-shaped: `LONG_SEQUENCE` events through `LONG_SEQUENCE_LAYERS` blocks."""
+    raw = cfg.model_dump(mode="json")
+    raw["sequence"]["max_len"] = LONG_SEQUENCE
+    raw["model"]["sequence"]["layers"] = LONG_SEQUENCE_LAYERS
+    return Config.model_validate(raw)
+
+
 def sim_data(ctx: Context, rows: int) -> Path:
     """A simulated data directory of about `rows` impressions (made once per run and size)."""
     key = f"sim_data_{rows}"
@@ -50,7 +66,9 @@ def make_request(
     """A score request of `users` users and `candidates` candidates (dealt round-robin to the users).
 
     Users (features and action sequences) and candidates are real simulated rows of `surface`, drawn
-    with a fixed seed, so every run scores the same request.
+    with a fixed seed, so every run scores the same request. When the config keeps more events than a
+    simulated user has, the user's events are repeated back in time (one a minute) to fill
+    `sequence.max_len`, so the sequence Transformer does the work a user with a long history costs.
     """
     table = pq.read_table(data_dir / "eval")
     table = table.filter(pc.equal(table["surface"], pa.scalar(surface)))
@@ -62,13 +80,14 @@ def make_request(
     seq = cfg.sequence
     seq_cols = {"items": seq.item_column, "actions": seq.action_column, "timestamps_ms": seq.time_column}
     seq_cols |= {c: c for c in seq.side_features}
+    now = max(r["timestamp"] for r in user_rows)
     return {
-        "request_time_ms": max(r["timestamp"] for r in user_rows),
+        "request_time_ms": now,
         "users": [
             {
                 "id": f"u{i}",
                 "features": {c: r[c] for c in user_cols},
-                "sequence": {k: r[c] for k, c in seq_cols.items()},
+                "sequence": _fill_sequence({k: r[c] for k, c in seq_cols.items()}, seq.max_len, now),
             }
             for i, r in enumerate(user_rows)
         ],
@@ -77,6 +96,17 @@ def make_request(
             for i, r in enumerate(cand_rows)
         ],
     }
+
+
+def _fill_sequence(events: dict[str, list[int]], length: int, now_ms: int) -> dict[str, list[int]]:
+    """The user's events, repeated to `length` if it has fewer (one event a minute back from `now_ms`)."""
+    n = len(events["items"])
+    if n == 0 or n >= length:
+        return events
+    take = [(n - 1 - i) % n for i in range(length)][::-1]  # newest real event last, older copies before it
+    out = {k: [v[j] for j in take] for k, v in events.items() if k != "timestamps_ms"}
+    out["timestamps_ms"] = [now_ms - 60_000 * (length - i) for i in range(length)]
+    return out
 
 
 def encode(model: UnifiedCTR, request: dict[str, Any]) -> Batch:

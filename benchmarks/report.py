@@ -64,12 +64,15 @@ def embedding(r: dict[str, Any]) -> str:
         rows.append([
             str(k),
             f"{_ms(f['fused'])} / {_ms(f['per_feature'])}", f"{x['forward_speedup']:.1f}x",
+            f"{_ms(s['adagrad_fused_in_backward'])} / {_ms(s['adagrad_sparse_per_feature'])}",
+            f"{x['train_step_speedup_adagrad']:.1f}x",
             f"{_ms(s['sgd_sparse_fused'])} / {_ms(s['sgd_sparse_per_feature'])}",
             f"{x['train_step_speedup_sgd_sparse']:.1f}x",
             f"{_ms(s['adamw_dense_fused'])} / {_ms(s['adamw_dense_per_feature'])}",
             f"{x['train_step_speedup_adamw_dense']:.1f}x",
         ])
-    header = ["ids/bag", "forward ms fused / loop", "x", "step ms, sparse SGD, fused / loop", "x",
+    header = ["ids/bag", "forward ms fused / loop", "x", "step ms, Adagrad, fused in backward / loop", "x",
+              "step ms, sparse SGD, fused / loop", "x",
               "step ms, dense AdamW, fused / loop", "x"]
     fb = e["fbgemm"].get("skipped", "measured")
     return (f"{e['features']} features, batch {e['batch']}, {e['table_rows']:,} rows in all (largest "
@@ -77,12 +80,17 @@ def embedding(r: dict[str, Any]) -> str:
 
 
 def broadcast(r: dict[str, Any]) -> str:
+    b = r["broadcast"]
+    shape = b["long_sequence_shape"]
+    models = (("sim.yaml (L=32, 1 block)", b["sim_default"]),
+              (f"long sequence (L={shape['max_len']}, {shape['layers']} blocks)", b["long_sequence"]))
     rows = [
-        [name, _ms(q["broadcast"]), _ms(q["per_row"]), f"{q['speedup']:.1f}x", f"{q['floor_ms']:.2f}",
+        [model, name, _ms(q["broadcast"]), _ms(q["per_row"]), f"{q['speedup']:.1f}x", f"{q['floor_ms']:.2f}",
          f"{q['broadcast_x_floor']:.1f}x", f"{q['per_row_x_floor']:.1f}x", f"{q['max_abs_diff']:.0e}"]
-        for name, q in _by_size(r["broadcast"]["requests"])
+        for model, m in models
+        for name, q in _by_size(m["requests"])
     ]
-    header = ["request", "broadcast ms", "per-row ms", "speedup", "floor ms", "broadcast / floor",
+    header = ["model", "request", "broadcast ms", "per-row ms", "speedup", "floor ms", "broadcast / floor",
               "per-row / floor", "max abs diff"]
     return _table(header, rows)
 

@@ -51,8 +51,9 @@ def test_quick_run_measures_like_for_like(quick_run) -> None:
         emb = quick_run["embedding"][f"ids_per_bag_{k}"]
         assert emb["max_abs_diff"] < 1e-5
         assert {"median_ms", "min_ms", "max_ms", "repeats"} <= set(emb["forward"]["fused"])
-    for req in quick_run["broadcast"]["requests"].values():
-        assert req["max_abs_diff"] <= 1e-6 and req["floor_ms"] > 0
+    for model in ("sim_default", "long_sequence"):
+        for req in quick_run["broadcast"][model]["requests"].values():
+            assert req["max_abs_diff"] <= 1e-6 and req["floor_ms"] > 0
     serving = quick_run["serving"]
     assert serving["backend"] in serving["in_process"]
     assert all(d < 1e-2 for d in serving["max_abs_diff_vs_eager_fp32"].values())  # bf16 is within 1e-2

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import random_table
 from unictr.checkpoint import CheckpointError, load_model
+from unictr.config import Config
 from unictr.data.batch import Schema
 from unictr.data.reader import load_split
 from unictr.train.evaluate import predict
@@ -65,11 +66,16 @@ def test_missing_manifest(tmp_path) -> None:
         load_model(tmp_path)
 
 
-def test_resume_equals_uninterrupted(sim_config, data_dir, tmp_path) -> None:
-    straight = train(_small(sim_config, 2), data_dir, tmp_path / "a", console=_quiet(), show_progress=False)
-    train(_small(sim_config, 1), data_dir, tmp_path / "b", console=_quiet(), show_progress=False)
-    resumed = train(_small(sim_config, 2), data_dir, tmp_path / "b", resume=True, console=_quiet(),
-                    show_progress=False)
+@pytest.mark.parametrize("embedding_optimizer", ["adamw", "rowwise_adagrad"])
+def test_resume_equals_uninterrupted(sim_config, data_dir, tmp_path, embedding_optimizer) -> None:
+    """Resuming restores weights, the optimizer (the fused row-wise Adagrad state too) and the RNG exactly."""
+    def cfg(epochs: int) -> Config:
+        c = _small(sim_config, epochs)
+        return c.model_copy(update={"train": c.train.model_copy(update={"embedding_optimizer": embedding_optimizer})})
+
+    straight = train(cfg(2), data_dir, tmp_path / "a", console=_quiet(), show_progress=False)
+    train(cfg(1), data_dir, tmp_path / "b", console=_quiet(), show_progress=False)
+    resumed = train(cfg(2), data_dir, tmp_path / "b", resume=True, console=_quiet(), show_progress=False)
     assert resumed["train_state"]["epoch"] == 2 and len(resumed["history"]) == 2
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from unictr.modules.broadcast import BroadcastLinear
 from unictr.modules.calibration import LogitCalibration
 from unictr.modules.dcn import DCNv2Projection
-from unictr.modules.embedding import FusedEmbedding
+from unictr.modules.embedding import FusedEmbedding, RowwiseAdagrad
 from unictr.modules.mmoe import MMoE
 from unictr.modules.sequence import SequenceEncoder, TargetAttention, random_window_mask, time_bucket
 from unictr.modules.towers import TowerTree
@@ -163,3 +165,36 @@ def test_calibration_identity_at_init() -> None:
     cal = LogitCalibration(keys=6, tasks=3)
     logits = torch.randn(10, 3)
     torch.testing.assert_close(cal(logits, torch.randint(0, 6, (10,))), logits)
+
+
+def _reference_rowwise_adagrad(weight: Tensor, acc: Tensor, grad: Tensor, lr: float, eps: float) -> None:
+    """The textbook update on a dense table gradient, for the rows with a non-zero gradient."""
+    rows = grad.abs().sum(1).nonzero().squeeze(1)
+    acc[rows] += grad[rows].pow(2).mean(1)
+    weight[rows] -= lr * grad[rows] / (acc[rows].sqrt() + eps)[:, None]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_fused_rowwise_adagrad_matches_reference(k: int) -> None:
+    """The update applied inside the backward equals autograd's table gradient + row-wise Adagrad, with
+    repeated ids summed exactly, over two steps (the accumulator carries over); no table gradient is made."""
+    torch.manual_seed(0)
+    emb = FusedEmbedding(["a", "b"], [7, 5], 4)
+    ref_w, ref_acc = emb.weight.detach().clone(), torch.zeros(12)
+    emb.fused_update = RowwiseAdagrad(12, lr=0.1, eps=1e-8)
+    for step in range(2):
+        rows = torch.tensor([[0, 0, 3], [8, 3, 3], [11, 0, 7], [2, 2, 2]])[:, :k]
+        coef = torch.randn(4, 4)
+        lookup = rows.reshape(-1) if k == 1 else rows
+        (emb(lookup) * coef).sum().backward()
+        w = ref_w.clone().requires_grad_(True)
+        pooled = F.embedding_bag(rows, w, mode="sum")
+        (pooled * coef).sum().backward()
+        _reference_rowwise_adagrad(ref_w, ref_acc, w.grad, 0.1, 1e-8)
+        torch.testing.assert_close(emb.weight.detach(), ref_w, rtol=1e-6, atol=1e-6, msg=f"step {step}")
+        torch.testing.assert_close(emb.fused_update.sum_sq, ref_acc, rtol=1e-6, atol=1e-7)
+        assert emb.weight.grad is None
+    with torch.no_grad():  # inference: a plain lookup, no update
+        before = emb.weight.detach().clone()
+        emb(torch.tensor([0, 1]))
+        assert torch.equal(emb.weight, before)

@@ -174,6 +174,11 @@ class TrainSpec(_Strict):
         default=0.0, ge=0, description="AdamW (decoupled) weight decay of the embedding table: pulls rarely seen "
         "ids towards 0, against memorising sparse ids on small data (KuaiRand)."
     )
+    embedding_optimizer: Literal["adamw", "rowwise_adagrad"] = Field(
+        default="adamw", description="Optimizer of the fused embedding table: adamw (with the rest of the model), or "
+        "rowwise_adagrad fused into the lookup's backward (FBGEMM-style: touches only the rows looked up, one "
+        "accumulator per row; use a larger embedding_lr, e.g. 0.05)."
+    )
     schedule: Literal["constant", "cosine"] = Field(
         default="cosine", description="LR schedule over the whole run: constant, or linear warm-up then cosine to 0."
     )

@@ -1,4 +1,5 @@
-"""Fused embedding: every categorical feature's table in one weight, one lookup per forward."""
+"""Fused embedding: every categorical feature's table in one weight, one lookup per forward, and
+optionally the optimizer fused into the lookup's backward (what FBGEMM's table-batched kernels do)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,60 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class RowwiseAdagrad:
+    """Row-wise Adagrad applied inside the lookup's backward (FBGEMM's EXACT_ROWWISE_ADAGRAD).
+
+    One accumulator per table row (the running sum of the row gradient's mean square), so the state
+    is `rows` floats instead of AdamW's two table-sized moments. Only the rows looked up in the step
+    are read and written, and no table-sized gradient is ever made: the backward sums each unique
+    row's gradient (exactly, duplicates included) and updates that row in place. `weight_decay` is
+    L2 on the touched rows. `lr` is a plain attribute so a schedule can set it every step.
+    """
+
+    def __init__(self, rows: int, lr: float, eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        self.lr, self.eps, self.weight_decay = lr, eps, weight_decay
+        self.sum_sq = torch.zeros(rows)
+        self._seen = torch.zeros(rows, dtype=torch.bool)  # scratch: which rows the step touched
+
+    def to(self, device: torch.device | str) -> RowwiseAdagrad:
+        self.sum_sq, self._seen = self.sum_sq.to(device), self._seen.to(device)
+        return self
+
+    @torch.no_grad()
+    def update(self, weight: Tensor, rows: Tensor, grad: Tensor) -> None:
+        """Apply one step for the ids `rows` `[n, k]` whose bags got the pooled gradients `grad` `[n, dim]`."""
+        self._seen[rows] = True
+        touched = self._seen.nonzero().squeeze(1)  # sorted unique rows, without a sort of all ids
+        self._seen[touched] = False
+        slot = torch.empty_like(self._seen, dtype=torch.int64)
+        slot[touched] = torch.arange(len(touched), device=rows.device)
+        g = grad.new_zeros(len(touched), grad.shape[1])
+        for j in range(rows.shape[1]):  # k passes over [n, dim] instead of one [n·k, dim] temporary
+            g.index_add_(0, slot[rows[:, j]], grad)
+        w = weight[touched]
+        if self.weight_decay:
+            g += self.weight_decay * w
+        acc = self.sum_sq[touched] + g.pow(2).mean(1)
+        self.sum_sq[touched] = acc
+        weight[touched] = w - (self.lr / (acc.sqrt() + self.eps))[:, None] * g
+
+
+class _LookupWithUpdate(torch.autograd.Function):
+    """Sum-pooled lookup whose backward applies `RowwiseAdagrad` to the weight and returns no weight grad."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, weight: Tensor, rows: Tensor, opt: RowwiseAdagrad) -> Tensor:
+        ctx.save_for_backward(rows)
+        ctx.weight, ctx.opt = weight, opt
+        return F.embedding(rows, weight) if rows.dim() == 1 else F.embedding_bag(rows, weight, mode="sum")
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[None, None, None]:
+        (rows,) = ctx.saved_tensors
+        ctx.opt.update(ctx.weight, rows.view(rows.shape[0], -1), grad.contiguous())
+        return None, None, None
 
 
 class FusedEmbedding(nn.Module):
@@ -26,6 +81,8 @@ class FusedEmbedding(nn.Module):
         self.sizes = [int(s) for s in sizes]
         self.dim = dim
         self.sparse = sparse  # row-sparse gradients (for optimizers that update only the rows looked up)
+        # set by the trainer for `train.embedding_optimizer: rowwise_adagrad`; not part of the state dict
+        self.fused_update: RowwiseAdagrad | None = None
         offsets = torch.tensor([0, *self.sizes[:-1]], dtype=torch.int64).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
         self.weight = nn.Parameter(torch.empty(sum(self.sizes), dim))
@@ -41,6 +98,8 @@ class FusedEmbedding(nn.Module):
         rows: `[n]` (one id per bag, or jagged with `bag_offsets`) or `[n, k]` (k ids per bag).
         Returns `[bags, dim]`.
         """
+        if self.fused_update is not None and torch.is_grad_enabled() and bag_offsets is None:
+            return _LookupWithUpdate.apply(self.weight, rows, self.fused_update)
         if rows.dim() == 1 and bag_offsets is None:  # one id per bag: a plain gather (one ONNX Gather, not a Loop)
             return F.embedding(rows, self.weight, sparse=self.sparse)
         return F.embedding_bag(rows, self.weight, bag_offsets, mode="sum", sparse=self.sparse)

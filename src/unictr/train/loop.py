@@ -25,9 +25,11 @@ from unictr.config import Config, TrainSpec
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split
 from unictr.model import UnifiedCTR, masked_bce
+from unictr.modules.embedding import RowwiseAdagrad
 from unictr.train.evaluate import evaluate, user_chunks
 
 OPTIMIZER_FILE = "optimizer.safetensors"
+FUSED_STATE = "embedding.rowwise_adagrad.sum_sq"  # the fused embedding optimizer's state in OPTIMIZER_FILE
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,15 +52,19 @@ def setup_runtime(spec: TrainSpec) -> torch.device:
 
 
 def make_optimizer(model: UnifiedCTR, spec: TrainSpec) -> torch.optim.AdamW:
-    """AdamW; the fused embedding table gets its own LR and weight decay."""
+    """AdamW; the fused embedding table gets its own LR and weight decay, or (`rowwise_adagrad`) its own
+    optimizer fused into the lookup's backward, attached to `model.embedding`."""
     table = model.embedding.weight
-    rest = [p for p in model.parameters() if p is not table]
-    return torch.optim.AdamW(
-        [
-            {"params": [table], "lr": spec.embedding_lr or spec.lr, "weight_decay": spec.embedding_weight_decay},
-            {"params": rest, "lr": spec.lr, "weight_decay": spec.weight_decay},
-        ]
-    )
+    others = [p for p in model.parameters() if p is not table]
+    rest = {"params": others, "lr": spec.lr, "weight_decay": spec.weight_decay}
+    emb_lr = spec.embedding_lr or spec.lr
+    if spec.embedding_optimizer == "rowwise_adagrad":
+        model.embedding.fused_update = RowwiseAdagrad(
+            table.shape[0], lr=emb_lr, weight_decay=spec.embedding_weight_decay
+        ).to(table.device)
+        return torch.optim.AdamW([rest])
+    model.embedding.fused_update = None
+    return torch.optim.AdamW([{"params": [table], "lr": emb_lr, "weight_decay": spec.embedding_weight_decay}, rest])
 
 
 def lr_factor(spec: TrainSpec, step: int, total: int) -> float:
@@ -100,15 +106,19 @@ def train_step(
     return loss
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _optimizer_tensors(opt: torch.optim.Optimizer, model: UnifiedCTR) -> dict[str, torch.Tensor]:
     out = {"rng.torch": torch.get_rng_state()}
+    if model.embedding.fused_update is not None:
+        out[FUSED_STATE] = model.embedding.fused_update.sum_sq
     for pid, st in opt.state_dict()["state"].items():
         for k, v in st.items():
             out[f"state.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
     return out
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def _load_optimizer(opt: torch.optim.Optimizer, model: UnifiedCTR, tensors: dict[str, torch.Tensor]) -> None:
+    if model.embedding.fused_update is not None:
+        model.embedding.fused_update.sum_sq.copy_(tensors[FUSED_STATE])
     sd = opt.state_dict()
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, v in tensors.items():
@@ -155,7 +165,7 @@ def train(
                 f"{run_dir}: --resume needs the run's config (only train.epochs may change); this one differs"
             )
         model.load_state_dict(load_tensors(run_dir, MODEL_FILE, manifest))
-        _load_optimizer(opt, load_tensors(run_dir, OPTIMIZER_FILE, manifest))
+        _load_optimizer(opt, model, load_tensors(run_dir, OPTIMIZER_FILE, manifest))
         start_epoch, history = manifest["train_state"]["epoch"], manifest.get("history", [])
         console.print(f"resumed {run_dir} at epoch {start_epoch}")
 
@@ -176,6 +186,8 @@ def train(
                 factor = lr_factor(spec, epoch * steps + i, spec.epochs * steps)
                 for group, base in zip(opt.param_groups, base_lrs, strict=True):
                     group["lr"] = base * factor
+                if model.embedding.fused_update is not None:
+                    model.embedding.fused_update.lr = (spec.embedding_lr or spec.lr) * factor
                 mb = mb.to(device)
                 try:
                     loss = train_step(model, opt, mb, weights, spec.bf16)
@@ -198,7 +210,7 @@ def train(
         manifest = write_checkpoint(
             run_dir,
             cfg,
-            {MODEL_FILE: model.state_dict(), OPTIMIZER_FILE: _optimizer_tensors(opt)},
+            {MODEL_FILE: model.state_dict(), OPTIMIZER_FILE: _optimizer_tensors(opt, model)},
             extra={"train_state": {"epoch": epoch + 1}, "history": history, "metrics": metrics},
         )
         console.print(f"epoch {epoch + 1}: " + json.dumps({k: v for k, v in epoch_state.items() if k != "epoch"}))
