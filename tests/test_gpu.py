@@ -21,11 +21,13 @@ from unictr.train.loop import train
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (these tests check the GPU path)")
 
 
-def test_train_on_cuda_and_score_like_cpu(sim_config, tmp_path) -> None:
-    """A run trained with train.device=cuda has finite history, TF32 on, its fused table on the GPU during
-    training, and its checkpoint scores the same on CPU and GPU (within TF32's ~1e-3 relative precision)."""
+@pytest.mark.parametrize("embedding_optimizer", ["adamw", "rowwise_adagrad"])
+def test_train_on_cuda_and_score_like_cpu(sim_config, tmp_path, embedding_optimizer) -> None:
+    """A run trained with train.device=cuda (with either embedding optimizer; the row-wise one updates the
+    table inside the backward on the GPU) has a finite loss, TF32 on, and its checkpoint scores the same on
+    CPU and GPU (within TF32's ~1e-3 relative precision)."""
     raw = small_config(sim_config).model_dump(mode="json")
-    raw["train"]["device"] = "cuda"
+    raw["train"] |= {"device": "cuda", "embedding_optimizer": embedding_optimizer}
     cfg = type(sim_config).model_validate(raw)
     for split, seed in (("train", 0), ("eval", 1)):
         (tmp_path / "data" / split).mkdir(parents=True)
