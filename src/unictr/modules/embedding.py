@@ -32,20 +32,21 @@ class RowwiseAdagrad:
     @torch.no_grad()
     def update(self, weight: Tensor, rows: Tensor, grad: Tensor) -> None:
         """Apply one step for the ids `rows` `[n, k]` whose bags got the pooled gradients `grad` `[n, dim]`."""
-        self._seen[rows] = True
+        # index_fill / index_select / index_copy_: the same as bool-mask and fancy indexing, 2-3x faster on CPU
+        self._seen.index_fill_(0, rows.reshape(-1), True)
         touched = self._seen.nonzero().squeeze(1)  # sorted unique rows, without a sort of all ids
-        self._seen[touched] = False
+        self._seen.index_fill_(0, touched, False)
         slot = torch.empty_like(self._seen, dtype=torch.int64)
-        slot[touched] = torch.arange(len(touched), device=rows.device)
+        slot.index_copy_(0, touched, torch.arange(len(touched), device=rows.device))
         g = grad.new_zeros(len(touched), grad.shape[1])
         for j in range(rows.shape[1]):  # k passes over [n, dim] instead of one [n·k, dim] temporary
-            g.index_add_(0, slot[rows[:, j]], grad)
-        w = weight[touched]
+            g.index_add_(0, slot.index_select(0, rows[:, j]), grad)
+        w = weight.index_select(0, touched)
         if self.weight_decay:
-            g += self.weight_decay * w
-        acc = self.sum_sq[touched] + g.pow(2).mean(1)
-        self.sum_sq[touched] = acc
-        weight[touched] = w - (self.lr / (acc.sqrt() + self.eps))[:, None] * g
+            g.add_(w, alpha=self.weight_decay)
+        acc = self.sum_sq.index_select(0, touched).add_(g.pow(2).mean(1))
+        self.sum_sq.index_copy_(0, touched, acc)
+        weight.index_copy_(0, touched, w.addcmul_(g, (-self.lr / (acc.sqrt() + self.eps))[:, None]))
 
 
 class _LookupWithUpdate(torch.autograd.Function):
