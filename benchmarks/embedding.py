@@ -107,7 +107,7 @@ def _step(module: nn.Module, ids: Tensor, readout: Tensor, opt: torch.optim.Opti
 
 def _forward(module: nn.Module, ids: Tensor) -> Callable[[], Tensor]:
     def forward() -> Tensor:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: FBGEMM's CPU lookup has no kernel for it; alike for all
             return module(ids)
 
     return forward
