@@ -11,10 +11,6 @@ times; p99 is also reported as a multiple of the request's FLOP floor (see the f
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -30,6 +26,7 @@ from benchmarks.floor import floor_ms, request_flops
 from benchmarks.harness import Context, bf16_support, compare, summarize, threads
 from unictr.config import Config
 from unictr.export import export_surface
+from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
 from unictr.serving.scorer import Scorer
 from unictr.train.loop import train
@@ -81,48 +78,27 @@ def _on(n_threads: int, fn: Callable[..., object], *args: Any) -> Callable[[], o
     return call
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _http(
     ctx: Context, registry: Path, variant: tuple[int, dict[str, Any]], body: bytes, repeats: int
 ) -> dict[str, Any]:
     """Client-side latency of `repeats` sequential requests to a fresh `unictr serve` process."""
     n_threads, options = variant
-    port = _free_port()
-    cmd = [
-        sys.executable, "-m", "unictr.cli", "serve", "--registry", str(registry), "--port", str(port),
-        "--threads", str(n_threads), "--backend", options["backend"], "--poll-seconds", "30",
-    ]
-    cmd += ["--bf16"] if options.get("bf16") else []
-    log = ctx.workdir / f"server-{port}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": str(n_threads)}
-    with open(log, "wb") as out:
-        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}/v1/surfaces/{fixtures.SURFACE}/score"
-    try:
-        with httpx.Client(timeout=60) as client:
-            started = time.perf_counter()
-            while not _live(client, port):
-                if server.poll() is not None or time.perf_counter() - started > SERVER_START_TIMEOUT_S:
-                    raise RuntimeError(f"the server did not start; see its log:\n{log.read_text()[-2000:]}")
-                time.sleep(0.2)
-            for _ in range(ctx.pick(10, 2)):  # warm-up
-                client.post(url, content=body).raise_for_status()
-            seconds = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                client.post(url, content=body).raise_for_status()
-                seconds.append(time.perf_counter() - start)
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    args = ["--backend", options["backend"], "--poll-seconds", "30", *(["--bf16"] if options.get("bf16") else [])]
+    log = ctx.workdir / f"server-{n_threads}-{options['backend']}.log"
+    with server_process(registry, log, n_threads, *args) as (server, port), httpx.Client(timeout=60) as client:
+        url = f"http://127.0.0.1:{port}/v1/surfaces/{fixtures.SURFACE}/score"
+        started = time.perf_counter()
+        while not _live(client, port):
+            if server.poll() is not None or time.perf_counter() - started > SERVER_START_TIMEOUT_S:
+                raise RuntimeError(f"the server did not start; see its log:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        for _ in range(ctx.pick(10, 2)):  # warm-up
+            client.post(url, content=body).raise_for_status()
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            client.post(url, content=body).raise_for_status()
+            seconds.append(time.perf_counter() - start)
     return summarize(seconds)
 
 

@@ -6,11 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import re
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -26,6 +22,7 @@ from tests.test_export import derive_export, same_time_table, small_config, tabl
 from unictr.cli import app
 from unictr.export import export_surface, load_surface_split, probabilities
 from unictr.serving.app import create_app
+from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
 from unictr.serving.scorer import RequestError, Scorer
 
@@ -178,26 +175,12 @@ def _wait(cond, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_server_follows_promote_and_rollback_under_load(world, request_body, tmp_path) -> None:
     """The real server process: HTTP scores equal the in-process scorer, and a promote and a rollback
     during a bounded concurrent client loop fail no request."""
     registry = world["registry"]
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - closed in finally
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "unictr.cli", "serve", "--registry", str(registry.root), "--port", str(port),
-         "--poll-seconds", "0.1", "--threads", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
-    try:
+    with server_process(registry.root, tmp_path / "server.log", 1, "--poll-seconds", "0.1") as (server, port):
+        base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=10) as http:
             _wait(lambda: server.poll() is None and _up(http), timeout=60)
             expected = {v: Scorer.load(registry.version_dir(SURFACE, v), version=v).score(request_body)
@@ -241,13 +224,6 @@ def test_server_follows_promote_and_rollback_under_load(world, request_body, tmp
             assert not failures, failures[:5]
             assert {"v0001", "v0002"} <= set(seen) and len(seen) >= 10
             assert server.poll() is None
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def _cli(command: str, *args: str, registry: Registry) -> None:
