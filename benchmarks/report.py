@@ -70,10 +70,12 @@ def embedding(r: dict[str, Any]) -> str:
             f"{x['train_step_speedup_sgd_sparse']:.1f}x",
             f"{_ms(s['adamw_dense_fused'])} / {_ms(s['adamw_dense_per_feature'])}",
             f"{x['train_step_speedup_adamw_dense']:.1f}x",
-        ])
+        ] + ([_ms(s["adagrad_fbgemm"]), f"{x['train_step_vs_fbgemm']:.1f}x"] if "adagrad_fbgemm" in s else []))
     header = ["ids/bag", "forward ms fused / loop", "x", "step ms, Adagrad, fused in backward / loop", "x",
               "step ms, sparse SGD, fused / loop", "x",
               "step ms, dense AdamW, fused / loop", "x"]
+    if "skipped" not in e["fbgemm"]:
+        header += ["step ms, FBGEMM TBE (row-wise Adagrad)", "ours vs FBGEMM"]
     fb = e["fbgemm"].get("skipped", "measured")
     return (f"{e['features']} features, batch {e['batch']}, {e['table_rows']:,} rows in all (largest "
             f"{e['largest_table']:,}), dim {e['dim']}. FBGEMM: {fb}.\n\n" + _table(header, rows))

@@ -12,6 +12,7 @@ from unictr.modules.calibration import LogitCalibration
 from unictr.modules.dcn import DCNv2Projection
 from unictr.modules.embedding import FusedEmbedding, RowwiseAdagrad
 from unictr.modules.mmoe import MMoE
+from unictr.modules.native import kernel as native_kernel
 from unictr.modules.sequence import SequenceEncoder, TargetAttention, random_window_mask, time_bucket
 from unictr.modules.towers import TowerTree
 
@@ -174,14 +175,18 @@ def _reference_rowwise_adagrad(weight: Tensor, acc: Tensor, grad: Tensor, lr: fl
     weight[rows] -= lr * grad[rows] / (acc[rows].sqrt() + eps)[:, None]
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "torch_ops"])
 @pytest.mark.parametrize("k", [1, 3])
-def test_fused_rowwise_adagrad_matches_reference(k: int) -> None:
+def test_fused_rowwise_adagrad_matches_reference(k: int, native: bool) -> None:
     """The update applied inside the backward equals autograd's table gradient + row-wise Adagrad, with
-    repeated ids summed exactly, over two steps (the accumulator carries over); no table gradient is made."""
+    repeated ids summed exactly, over two steps (the accumulator carries over); no table gradient is made.
+    Both implementations: the compiled CPU kernel and the torch-ops one (CUDA, or where no compiler is)."""
+    if native and native_kernel()[0] is None:
+        pytest.skip(f"compiled kernel not available here: {native_kernel()[1]}")
     torch.manual_seed(0)
     emb = FusedEmbedding(["a", "b"], [7, 5], 4)
     ref_w, ref_acc = emb.weight.detach().clone(), torch.zeros(12)
-    emb.fused_update = RowwiseAdagrad(12, lr=0.1, eps=1e-8)
+    emb.fused_update = RowwiseAdagrad(12, lr=0.1, eps=1e-8, native=native)
     for step in range(2):
         rows = torch.tensor([[0, 0, 3], [8, 3, 3], [11, 0, 7], [2, 2, 2]])[:, :k]
         coef = torch.randn(4, 4)
@@ -198,3 +203,19 @@ def test_fused_rowwise_adagrad_matches_reference(k: int) -> None:
         before = emb.weight.detach().clone()
         emb(torch.tensor([0, 1]))
         assert torch.equal(emb.weight, before)
+
+
+def test_compiled_rowwise_adagrad_rejects_ids_outside_the_table() -> None:
+    """The compiled kernel checks every id before writing anything: a bad step changes nothing, and the
+    next step is exact (its scratch state is intact)."""
+    if native_kernel()[0] is None:
+        pytest.skip(f"compiled kernel not available here: {native_kernel()[1]}")
+    opt = RowwiseAdagrad(5, lr=0.1)
+    weight = torch.zeros(5, 2)
+    with pytest.raises(RuntimeError, match="id 7 outside the table"):
+        opt.update(weight, torch.tensor([[1], [7]]), torch.ones(2, 2))
+    assert torch.equal(weight, torch.zeros(5, 2)) and torch.equal(opt.sum_sq, torch.zeros(5))
+    opt.update(weight, torch.tensor([[1], [1]]), torch.ones(2, 2))  # row 1: gradient 2 per column
+    torch.testing.assert_close(opt.sum_sq, torch.tensor([0.0, 4.0, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(weight[1], torch.full((2,), -0.1 * 2 / (2 + 1e-8)))
+    assert torch.equal(weight[[0, 2, 3, 4]], torch.zeros(4, 2))

@@ -177,7 +177,8 @@ class TrainSpec(_Strict):
     embedding_optimizer: Literal["adamw", "rowwise_adagrad"] = Field(
         default="adamw", description="Optimizer of the fused embedding table: adamw (with the rest of the model), or "
         "rowwise_adagrad fused into the lookup's backward (FBGEMM-style: touches only the rows looked up, one "
-        "accumulator per row; use a larger embedding_lr, e.g. 0.05)."
+        "accumulator per row; use a larger embedding_lr, e.g. 0.05). On the CPU its update is a C++ kernel "
+        "compiled on first use (~25 s, cached; torch ops where no compiler is, or with UNICTR_NATIVE=0)."
     )
     schedule: Literal["constant", "cosine"] = Field(
         default="cosine", description="LR schedule over the whole run: constant, or linear warm-up then cosine to 0."
