@@ -219,3 +219,25 @@ def test_compiled_rowwise_adagrad_rejects_ids_outside_the_table() -> None:
     torch.testing.assert_close(opt.sum_sq, torch.tensor([0.0, 4.0, 0.0, 0.0, 0.0]))
     torch.testing.assert_close(weight[1], torch.full((2,), -0.1 * 2 / (2 + 1e-8)))
     assert torch.equal(weight[[0, 2, 3, 4]], torch.zeros(4, 2))
+
+
+def test_failed_kernel_build_warns_and_falls_back(monkeypatch) -> None:
+    """Without a working compiler the update still runs (torch ops), after one warning that says why."""
+    import torch.utils.cpp_extension as cpp
+
+    from unictr.modules import native
+
+    def broken(**_: object) -> None:
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp, "load_inline", broken)
+    native.kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="Ninja is required"):
+            assert native.kernel() == (None, "RuntimeError: Ninja is required to load C++ extensions")
+        opt = RowwiseAdagrad(3, lr=0.1)
+        weight = torch.zeros(3, 2)
+        opt.update(weight, torch.tensor([[2]]), torch.ones(1, 2))
+        torch.testing.assert_close(weight[2], torch.full((2,), -0.1 / (1 + 1e-8)))
+    finally:
+        native.kernel.cache_clear()

@@ -11,6 +11,7 @@ keep the torch-ops path. Set `UNICTR_NATIVE=0` to never build it.
 from __future__ import annotations
 
 import os
+import warnings
 from functools import cache
 from typing import Any
 
@@ -89,7 +90,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("rowwise_adagrad_update", &roww
 
 @cache
 def kernel() -> tuple[Any | None, str]:
-    """(the compiled module, "") or (None, why it is not available). Built once per process, cached on disk."""
+    """(the compiled module, "") or (None, why it is not available). Built once per process, cached on disk;
+    a failed build warns once, naming the reason, and callers fall back to torch ops."""
     if os.environ.get("UNICTR_NATIVE", "1") == "0":
         return None, "disabled by UNICTR_NATIVE=0"
     try:
@@ -99,5 +101,8 @@ def kernel() -> tuple[Any | None, str]:
             name="unictr_rowwise_adagrad", cpp_sources=[_SOURCE], extra_cflags=["-O3"], verbose=False
         )
     except Exception as e:  # no compiler, no ninja, a failed build: the torch-ops path serves instead
-        return None, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+        why = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+        warnings.warn(f"unictr: compiled row-wise Adagrad kernel unavailable ({why}); using torch ops (slower)",
+                      RuntimeWarning, stacklevel=2)
+        return None, why
     return module, ""
