@@ -43,7 +43,6 @@ from unictr.data.reader import load_split, split_files
 from unictr.metrics import auc, bootstrap_auc_diff
 from unictr.train.evaluate import predict, sliced_metrics
 
-ARMS = ("unified", "separate", "shared", "lightgbm", "no_sequence", "no_mmoe")
 DEFAULT_ARMS = ("unified", "separate", "shared", "lightgbm")  # the unify experiment; the rest are ablations
 
 # LightGBM settings, chosen on the validation split (train 04-25..28, validate 04-29; docs/results.md):
@@ -103,17 +102,6 @@ def model_part_config(cfg: Config, part: str, **changes: Any) -> Config:
     raw = cfg.model_dump(mode="json")
     raw["model"][part] |= changes
     return config_from_dict(raw, f"<config with model.{part} {changes}>")
-
-
-# The config each arm trains with (the separate arm prunes it further per surface).
-ARM_CONFIGS: dict[str, Callable[[Config], Config]] = {
-    "unified": lambda cfg: cfg,
-    "separate": lambda cfg: cfg,
-    "shared": lambda cfg: model_part_config(cfg, "tower", per_surface=False),
-    "lightgbm": lambda cfg: cfg,
-    "no_sequence": lambda cfg: model_part_config(cfg, "sequence", enabled=False),
-    "no_mmoe": lambda cfg: model_part_config(cfg, "mmoe", enabled=False),
-}
 
 
 def with_train(cfg: Config, **changes: Any) -> Config:
@@ -236,14 +224,16 @@ def train_lightgbm(cfg: Config, data: Path, work: Path, eval_b: Batch, console: 
     return ArmRun(probs, time.perf_counter() - t0, nodes, models)
 
 
-ARM_TRAINERS: dict[str, Callable[..., ArmRun]] = {
-    "unified": train_unified,
-    "separate": train_separate,
-    "shared": train_unified,
-    "lightgbm": train_lightgbm,
-    "no_sequence": train_unified,
-    "no_mmoe": train_unified,
+# Each arm: how it trains, and the config it trains with (the separate arm prunes that per surface).
+ARM_PLAN: dict[str, tuple[Callable[..., ArmRun], Callable[[Config], Config]]] = {
+    "unified": (train_unified, lambda cfg: cfg),
+    "separate": (train_separate, lambda cfg: cfg),
+    "shared": (train_unified, lambda cfg: model_part_config(cfg, "tower", per_surface=False)),
+    "lightgbm": (train_lightgbm, lambda cfg: cfg),
+    "no_sequence": (train_unified, lambda cfg: model_part_config(cfg, "sequence", enabled=False)),
+    "no_mmoe": (train_unified, lambda cfg: model_part_config(cfg, "mmoe", enabled=False)),
 }
+ARMS = tuple(ARM_PLAN)
 # ------------------------------------------------------------------------------------------ the run
 
 
@@ -284,10 +274,11 @@ def run_experiment(
             for arm in arms:
                 if arm in skipped:
                     continue
-                arm_cfg = with_train(ARM_CONFIGS[arm](cfg), seed=seed)
+                trainer, arm_config = ARM_PLAN[arm]
+                arm_cfg = with_train(arm_config(cfg), seed=seed)
                 console.print(f"[bold]{arm}[/bold] seed {seed}")
                 try:
-                    run = ARM_TRAINERS[arm](arm_cfg, data, work / arm / f"seed{seed}", eval_b, console, show_progress)
+                    run = trainer(arm_cfg, data, work / arm / f"seed{seed}", eval_b, console, show_progress)
                 except ArmSkipped as e:
                     console.print(f"[yellow]{e}[/yellow]")
                     skipped[arm] = str(e)
