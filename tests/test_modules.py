@@ -241,3 +241,13 @@ def test_failed_kernel_build_warns_and_falls_back(monkeypatch) -> None:
         torch.testing.assert_close(weight[2], torch.full((2,), -0.1 / (1 + 1e-8)))
     finally:
         native.kernel.cache_clear()
+
+
+def test_fused_update_refuses_jagged_bags() -> None:
+    """With the optimizer fused into the lookup, jagged bags are refused rather than silently left untrained."""
+    emb = FusedEmbedding(["a"], [4], 2)
+    emb.fused_update = RowwiseAdagrad(4, lr=0.1)
+    with pytest.raises(ValueError, match="jagged bags"):
+        emb(torch.tensor([0, 1, 2]), torch.tensor([0, 2]))
+    with torch.no_grad():  # inference takes jagged bags as before
+        assert emb(torch.tensor([0, 1, 2]), torch.tensor([0, 2])).shape == (2, 2)

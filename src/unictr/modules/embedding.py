@@ -12,6 +12,14 @@ from torch import Tensor, nn
 from unictr.modules import native
 
 
+def _lookup(weight: Tensor, rows: Tensor, bag_offsets: Tensor | None = None, sparse: bool = False) -> Tensor:
+    """Sum-pooled lookup: `F.embedding` when each bag holds one id (one ONNX Gather, not a Loop), else
+    `F.embedding_bag`."""
+    if rows.dim() == 1 and bag_offsets is None:
+        return F.embedding(rows, weight, sparse=sparse)
+    return F.embedding_bag(rows, weight, bag_offsets, mode="sum", sparse=sparse)
+
+
 class RowwiseAdagrad:
     """Row-wise Adagrad applied inside the lookup's backward (FBGEMM's EXACT_ROWWISE_ADAGRAD).
 
@@ -76,7 +84,7 @@ class _LookupWithUpdate(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, weight: Tensor, rows: Tensor, opt: RowwiseAdagrad) -> Tensor:
         ctx.save_for_backward(rows)
         ctx.weight, ctx.opt = weight, opt
-        return F.embedding(rows, weight) if rows.dim() == 1 else F.embedding_bag(rows, weight, mode="sum")
+        return _lookup(weight, rows)
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[None, None, None]:
@@ -119,8 +127,8 @@ class FusedEmbedding(nn.Module):
         rows: `[n]` (one id per bag, or jagged with `bag_offsets`) or `[n, k]` (k ids per bag).
         Returns `[bags, dim]`.
         """
-        if self.fused_update is not None and torch.is_grad_enabled() and bag_offsets is None:
+        if self.fused_update is not None and torch.is_grad_enabled():
+            if bag_offsets is not None:  # a plain lookup here would train nothing: no optimizer holds the table
+                raise ValueError("fused_update: jagged bags (bag_offsets) are not supported; use [n] or [n, k] rows")
             return _LookupWithUpdate.apply(self.weight, rows, self.fused_update)
-        if rows.dim() == 1 and bag_offsets is None:  # one id per bag: a plain gather (one ONNX Gather, not a Loop)
-            return F.embedding(rows, self.weight, sparse=self.sparse)
-        return F.embedding_bag(rows, self.weight, bag_offsets, mode="sum", sparse=self.sparse)
+        return _lookup(self.weight, rows, bag_offsets, self.sparse)
