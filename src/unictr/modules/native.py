@@ -51,6 +51,7 @@ void rowwise_adagrad_update(torch::Tensor weight, torch::Tensor sum_sq, torch::T
       if (s < 0) {
         s = count++;
         sl[row] = static_cast<int32_t>(s);
+        tr[s] = row;
         dst = g + s * dim;
         for (int64_t d = 0; d < dim; ++d) dst[d] = src[d];
       } else {
@@ -59,17 +60,12 @@ void rowwise_adagrad_update(torch::Tensor weight, torch::Tensor sum_sq, torch::T
       }
     }
   }
-  // The touched rows in ascending order (one sequential scan of the slot map): the update walks the
-  // table forwards instead of jumping in first-seen order.
-  int64_t m = 0;
-  for (int64_t row = 0; row < rows && m < count; ++row)
-    if (sl[row] >= 0) tr[m++] = row;
   const float flr = static_cast<float>(lr), feps = static_cast<float>(eps), fwd = static_cast<float>(weight_decay);
   at::parallel_for(0, count, 2048, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {  // pass 2: the update of each touched row, rows independent
       const int64_t row = tr[t];
       float* wr = w + row * dim;
-      float* gt = g + sl[row] * dim;
+      float* gt = g + t * dim;
       float sq = 0.0f;
       for (int64_t d = 0; d < dim; ++d) {
         gt[d] += fwd * wr[d];
