@@ -171,6 +171,8 @@ def train(
 
     manifest: dict[str, Any] = {}
     base_lrs = [g["lr"] for g in opt.param_groups]
+    fused = model.embedding.fused_update
+    fused_base_lr = fused.lr if fused is not None else 0.0
     steps = -(-train_b.num_rows // spec.batch_size)  # minibatches per epoch (the last may be short)
     for epoch in range(start_epoch, spec.epochs):
         model.train()
@@ -186,8 +188,8 @@ def train(
                 factor = lr_factor(spec, epoch * steps + i, spec.epochs * steps)
                 for group, base in zip(opt.param_groups, base_lrs, strict=True):
                     group["lr"] = base * factor
-                if model.embedding.fused_update is not None:
-                    model.embedding.fused_update.lr = (spec.embedding_lr or spec.lr) * factor
+                if fused is not None:
+                    fused.lr = fused_base_lr * factor
                 mb = mb.to(device)
                 try:
                     loss = train_step(model, opt, mb, weights, spec.bf16)
