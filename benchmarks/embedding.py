@@ -161,7 +161,7 @@ def run(ctx: Context) -> dict[str, Any]:
         diff = float((_forward(fused, ids)() - _forward(loop, ids)()).abs().max())
         forward = {"fused": _forward(fused, ids), "per_feature": _forward(loop, ids)}
         sparse_fused, sparse_loop = _pair(sizes, sparse=True, device=ctx.device)
-        adagrad_loop = _pair(sizes, sparse=True, device=ctx.device)[1]
+        adagrad_loop = PerFeature(sizes, sparse=True).to(ctx.device)
         steps = {
             "adagrad_fused_in_backward": _step(_fused_adagrad(sizes, ctx.device), ids, readout, None),
             "adagrad_sparse_per_feature": _step(adagrad_loop, ids, readout, _adagrad(adagrad_loop)),
