@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -279,6 +279,13 @@ def config_from_dict(raw: object, source: str = "<dict>") -> Config:
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"{loc}: {err['msg']}{got_s}")
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def with_model_part(cfg: Config, part: str, **changes: Any) -> Config:
+    """`cfg` with keys of `model.<part>` changed (e.g. `tower`, `sequence`, `calibration`), validated again."""
+    raw = cfg.model_dump(mode="json")
+    raw["model"][part] |= changes
+    return config_from_dict(raw, f"<config with model.{part} {changes}>")
 
 
 def load_config(path: str | Path) -> Config:

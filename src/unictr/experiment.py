@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import torch
 from rich.console import Console
 
-from unictr.config import Config, config_from_dict
+from unictr.config import Config, config_from_dict, with_model_part
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split, split_files
 from unictr.metrics import auc, bootstrap_auc_diff
@@ -95,13 +95,6 @@ def surface_config(cfg: Config, surface: str) -> Config:
         if not f["towers"] or surface in f["towers"]
     ]
     return config_from_dict(raw, f"<config pruned to {surface}>")
-
-
-def model_part_config(cfg: Config, part: str, **changes: Any) -> Config:
-    """`cfg` with `model.<part>` changed, e.g. one tower shared by every surface or the sequence off."""
-    raw = cfg.model_dump(mode="json")
-    raw["model"][part] |= changes
-    return config_from_dict(raw, f"<config with model.{part} {changes}>")
 
 
 def with_train(cfg: Config, **changes: Any) -> Config:
@@ -228,12 +221,14 @@ def train_lightgbm(cfg: Config, data: Path, work: Path, eval_b: Batch, console: 
 ARM_PLAN: dict[str, tuple[Callable[..., ArmRun], Callable[[Config], Config]]] = {
     "unified": (train_unified, lambda cfg: cfg),
     "separate": (train_separate, lambda cfg: cfg),
-    "shared": (train_unified, lambda cfg: model_part_config(cfg, "tower", per_surface=False)),
+    "shared": (train_unified, lambda cfg: with_model_part(cfg, "tower", per_surface=False)),
     "lightgbm": (train_lightgbm, lambda cfg: cfg),
-    "no_sequence": (train_unified, lambda cfg: model_part_config(cfg, "sequence", enabled=False)),
-    "no_mmoe": (train_unified, lambda cfg: model_part_config(cfg, "mmoe", enabled=False)),
+    "no_sequence": (train_unified, lambda cfg: with_model_part(cfg, "sequence", enabled=False)),
+    "no_mmoe": (train_unified, lambda cfg: with_model_part(cfg, "mmoe", enabled=False)),
 }
 ARMS = tuple(ARM_PLAN)
+
+
 # ------------------------------------------------------------------------------------------ the run
 
 
