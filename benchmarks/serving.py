@@ -1,11 +1,13 @@
 """Serving suite: latency of one exported surface model for a request of 1 user × 500 candidates.
 
 A small run is trained on simulated data and its `home_feed` surface exported with ONNX. The same
-request (JSON bytes) is scored in-process by `Scorer.score` (validation, encoding and the model:
-everything but HTTP) with each backend (eager, `torch.compile`, ONNX Runtime; fp32, and bf16
-autocast where the hardware has it), then over HTTP by the real server (`unictr serve` in a child
-process on 127.0.0.1) with the eager backend and the fastest one. Latencies are client-side wall
-times; p99 is also reported as a multiple of the request's FLOP floor (see the floor suite).
+request (JSON bytes, candidates as `candidate_columns`) is scored in-process by `Scorer.score`
+(validation, encoding and the model: everything but HTTP) with each backend (eager, `torch.compile`,
+ONNX Runtime; fp32, and bf16 autocast where the hardware has it), then over HTTP by the real server
+(`unictr serve` in a child process on 127.0.0.1) with the eager backend and the fastest one. The
+fastest backend also scores the request with one object per candidate (`candidates`), side by side.
+Latencies are client-side wall times; p99 is also reported as a multiple of the request's FLOP floor
+(see the floor suite).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from unictr.config import Config
 from unictr.export import export_surface
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
-from unictr.serving.scorer import Scorer
+from unictr.serving.scorer import Scorer, to_columns
 from unictr.train.loop import train
 
 USERS, CANDIDATES = 1, 500
@@ -114,7 +116,8 @@ def run(ctx: Context) -> dict[str, Any]:
     export = trained_export(ctx)
     cfg = fixtures.sim_config()
     request = fixtures.make_request(fixtures.sim_data(ctx, ctx.pick(20_000, 3_000)), cfg, USERS, CANDIDATES)
-    body = json.dumps(request).encode()
+    body = json.dumps(to_columns(request)).encode()  # candidate_columns: the layout for large requests
+    row_body = json.dumps(request).encode()  # the same request, one object per candidate
     repeats = ctx.pick(200, 5)
 
     variants = _variants(ctx)
@@ -129,9 +132,18 @@ def run(ctx: Context) -> dict[str, Any]:
     in_process = compare(ctx, {name: _on(variants[name][0], s.score, body) for name, s in scorers.items()}, repeats)
 
     eager = scorers["eager_fp32"]  # where the time goes: validation, encoding (any backend), then the model
-    parsed = eager.parse(body)
+    parsed, parsed_rows = eager.parse(body), eager.parse(row_body)
     batch = eager.encode(parsed).batch
-    stages = compare(ctx, {"parse": partial(eager.parse, body), "encode": partial(eager.encode, parsed)}, repeats)
+    stages = compare(
+        ctx,
+        {
+            "parse_columns": partial(eager.parse, body),
+            "encode_columns": partial(eager.encode, parsed),
+            "parse_rows": partial(eager.parse, row_body),
+            "encode_rows": partial(eager.encode, parsed_rows),
+        },
+        repeats,
+    )
     model_only = compare(ctx, {name: _on(variants[name][0], s.predict, batch) for name, s in scorers.items()}, repeats)
     flops, _ = request_flops(eager.model, batch.to(ctx.device))
     floors = {"fp32": floor_ms(ctx, flops)}
@@ -145,6 +157,8 @@ def run(ctx: Context) -> dict[str, Any]:
 
     best = min(in_process, key=lambda name: in_process[name]["median_ms"])
     floor = floor_of(best)
+    on_best = partial(_on, variants[best][0], scorers[best].score)
+    layouts = compare(ctx, {"candidate_columns": on_best(body), "candidates": on_best(row_body)}, repeats)
     http = {}
     if ctx.device.type == "cpu":
         registry = Registry(ctx.workdir / "registry")
@@ -169,6 +183,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "in_process": in_process,
         "in_process_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in in_process.items()},
         "stages": stages,
+        "request_layouts": layouts,
         "model_only": model_only,
         "model_only_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in model_only.items()},
         "http": http if http else {"skipped": "the HTTP server runs on the CPU"},

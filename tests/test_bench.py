@@ -80,8 +80,8 @@ def test_gpu_suites_run(tmp_path) -> None:
 
 
 def test_scorer_backends_score_like_eager(sim_config, tmp_path) -> None:
-    """The ONNX backend (the export's model.onnx in ONNX Runtime, what `auto` picks when there is one) and
-    bf16 autocast serve the same scores as eager PyTorch."""
+    """The ONNX backend (the export's model.onnx in ONNX Runtime, what `auto` picks when there is one; its
+    model_one_user.onnx for chunks of one user) and bf16 autocast serve the same scores as eager PyTorch."""
     cfg = small_config(sim_config)
     _, run = train_small_run(cfg, tmp_path)
     export_surface(run, SURFACE, tmp_path / "export", fmt="onnx")
@@ -92,6 +92,9 @@ def test_scorer_backends_score_like_eager(sim_config, tmp_path) -> None:
     onnx = Scorer.load(tmp_path / "export", backend="onnx", max_unique_users=4).score(request)
     np.testing.assert_allclose(onnx.probabilities, eager, rtol=0, atol=1e-5)
     assert onnx.chunks > 1
+    one_user = Scorer.load(tmp_path / "export", backend="onnx", max_unique_users=1).score(request)  # one-user graph
+    np.testing.assert_allclose(one_user.probabilities, eager, rtol=0, atol=1e-5)
+    assert one_user.chunks == one_user.unique_users > 1
     bf16 = Scorer.load(tmp_path / "export", bf16=True).score(request).probabilities
     np.testing.assert_allclose(bf16, eager, rtol=0, atol=2e-2)
     with pytest.raises(ValueError, match="backend must be one of auto, eager, compile, onnx"):

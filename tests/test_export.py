@@ -23,6 +23,7 @@ from unictr.config import Config
 from unictr.data.reader import load_split
 from unictr.export import (
     ONNX_FILE,
+    ONNX_ONE_USER_FILE,
     ExportError,
     export_all_surfaces,
     export_surface,
@@ -137,6 +138,12 @@ def test_export_parity_per_surface(small_run, unified_eval, tmp_path, surface) -
     session = ort.InferenceSession(str(tmp_path / "exp" / ONNX_FILE), providers=["CPUExecutionProvider"])
     inputs = {i.name: getattr(b, i.name).numpy() for i in session.get_inputs()}
     assert np.abs(session.run(None, inputs)[0] - expected.numpy()).max() <= 1e-4
+    # the one-user graph scores a request of one user (its user tensors broadcast, not gathered) alike
+    one_user = ort.InferenceSession(str(tmp_path / "exp" / ONNX_ONE_USER_FILE), providers=["CPUExecutionProvider"])
+    u = b.take_users(torch.bincount(b.user_index).argmax().view(1))
+    assert u.num_users == 1 and u.num_rows >= 2
+    got = one_user.run(None, {i.name: getattr(u, i.name).numpy() for i in one_user.get_inputs()})[0]
+    assert np.abs(got - probabilities(model, u).numpy()).max() <= 1e-4
 
     # only this surface: one surface, one tower, no other surface's tower features, smaller file
     assert model.schema.surfaces == (surface,) and len(model.towers.towers) == 1
@@ -145,7 +152,7 @@ def test_export_parity_per_surface(small_run, unified_eval, tmp_path, surface) -
     assert (tmp_path / "exp" / MODEL_FILE).stat().st_size < (run / MODEL_FILE).stat().st_size
     applies = [t.name for t in cfg.tasks if t.surfaces is None or surface in t.surfaces]
     assert manifest["surface"] == surface and manifest["tasks"] == applies
-    assert set(manifest["files"]) == {MODEL_FILE, ONNX_FILE}
+    assert set(manifest["files"]) == {MODEL_FILE, ONNX_FILE, ONNX_ONE_USER_FILE}
     assert manifest["source_run"]["manifest_sha256"] == sha256_file(run / MANIFEST)
     assert manifest["metrics"]["click"]["n"] > 0 and "onnx" in manifest["versions"]
     assert manifest["calibration"]["keys"] == next(s.view_types for s in cfg.surfaces if s.name == surface)

@@ -41,6 +41,19 @@ def test_broadcast_equals_repeated_user_rows(sim_config, batch, variant) -> None
     assert (broadcast - per_row).abs().max() <= 1e-6
 
 
+def test_one_user_fast_path_equals_gathered_path(sim_config, batch) -> None:
+    """A 1-user batch broadcasts its user (no per-row gathers); the general path gives the same scores."""
+    torch.manual_seed(0)
+    model = UnifiedCTR(sim_config).eval()
+    busiest = torch.bincount(batch.user_index).argmax()
+    one = batch.take_users(busiest.view(1))
+    assert one.num_users == 1 and one.num_rows >= 2
+    with torch.no_grad():
+        fast = model(one)
+        gathered = model(one.broadcast_users())  # U == N >= 2: every row gathers its user
+    assert (fast - gathered).abs().max() <= 1e-6
+
+
 def test_rows_scored_independently_of_batch(sim_config, batch) -> None:
     torch.manual_seed(0)
     model = UnifiedCTR(sim_config).eval()

@@ -24,7 +24,7 @@ from unictr.export import export_surface, load_surface_split, probabilities
 from unictr.serving.app import create_app
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
-from unictr.serving.scorer import RequestError, Scorer
+from unictr.serving.scorer import RequestError, Scorer, to_columns
 
 SURFACE = "search"
 
@@ -98,6 +98,49 @@ def test_users_deduplicated_and_sequences_cleaned(world, request_body) -> None:
     np.testing.assert_array_equal(again.probabilities, base.probabilities)
 
 
+def test_columnar_request_scores_like_rows(world, client, request_body) -> None:
+    """The same candidates sent as columns give the same probabilities, answered as one list per task."""
+    rows = Scorer.load(world["v1"]).score(request_body)
+    columns = Scorer.load(world["v1"]).score(json.dumps(to_columns(request_body)))
+    np.testing.assert_array_equal(columns.probabilities, rows.probabilities)
+    response = client.post(f"/v1/surfaces/{SURFACE}/score", json=to_columns(request_body))
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    assert list(predictions) == list(rows.tasks)
+    np.testing.assert_allclose(np.array([predictions[t] for t in rows.tasks]).T, rows.probabilities, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["features"]["ad_id"].pop(), r"candidate_columns.features.ad_id: \d+ values, expected \d+"),
+        (lambda c: c["view_type"].append("grid"), r"candidate_columns.view_type: \d+ values, expected \d+"),
+        (lambda c: c["features"]["ad_id"].__setitem__(3, 1.5),
+         r"candidate_columns.features.ad_id\[3\]: Input should be a valid integer"),
+        (lambda c: c["features"].pop("ad_topic"), r"candidate_columns.features.ad_topic: Field required"),
+        (lambda c: c["user"].__setitem__(2, "ghost"), r"candidate_columns.user\[2\]: unknown user 'ghost'"),
+        (lambda c: c["features"]["ad_id"].__setitem__(4, 2**63),
+         r"candidate_columns.features.ad_id: an id outside the int64 range"),
+    ],
+    ids=["short-feature", "long-view-type", "type", "missing", "unknown-user", "beyond-int64"],
+)
+def test_columnar_request_validation(client, request_body, mutate, message) -> None:
+    req = to_columns(copy.deepcopy(request_body))
+    mutate(req["candidate_columns"])
+    response = client.post(f"/v1/surfaces/{SURFACE}/score", json=req)
+    assert response.status_code == 422
+    assert re.search(message, response.json()["detail"]), response.json()["detail"]
+
+
+def test_request_needs_one_candidate_layout(client, request_body) -> None:
+    both = to_columns(request_body) | {"candidates": request_body["candidates"]}
+    neither = {k: v for k, v in request_body.items() if k != "candidates"}
+    for req in (both, neither):
+        response = client.post(f"/v1/surfaces/{SURFACE}/score", json=req)
+        assert response.status_code == 422
+        assert "exactly one of the two" in response.json()["detail"]
+
+
 @pytest.mark.parametrize(
     ("mutate", "status", "message"),
     [
@@ -106,16 +149,20 @@ def test_users_deduplicated_and_sequences_cleaned(world, request_body) -> None:
          r"users\[0\].features.user_activity: Input should be a valid number"),
         (lambda r: r["candidates"][0]["features"].update(ad_id=1.5), 422,
          r"candidates\[0\].features.ad_id: Input should be a valid integer"),
+        (lambda r: r["candidates"][3]["features"].update(ad_id=-(2**63) - 1), 422,
+         r"candidates\[\]\.features\.ad_id: an id outside the int64 range"),
         (lambda r: r["candidates"][0].update(view_type="carousel"), 422,
          r"candidates\[0\].view_type: Input should be 'grid' or 'full'"),
         (lambda r: r["candidates"][2].update(user="ghost"), 422, r"candidates\[2\].user: unknown user 'ghost'"),
+        (lambda r: r["candidates"][2].update(user=True), 422,
+         r"candidates\[2\].user: Input should be a string or an integer(;|$)"),
         (lambda r: r["users"].append(dict(r["users"][0])), 422, r"users\[\d+\].id: duplicate user id"),
         (lambda r: r["users"][0]["sequence"]["items"].append(1), 422,
          r"users\[0\].sequence: items, actions, timestamps_ms, seq_topic differ in length"),
         (lambda r: r["candidates"].extend(r["candidates"] * 5), 413, r"candidates: \d+ candidates, at most 200"),
     ],
-    ids=["missing", "dense-type", "categorical-type", "view-type", "unknown-user", "duplicate-user",
-         "ragged-sequence", "too-many"],
+    ids=["missing", "dense-type", "categorical-type", "beyond-int64", "view-type", "unknown-user", "bool-user",
+         "duplicate-user", "ragged-sequence", "too-many"],
 )
 def test_request_validation(client, request_body, mutate, status, message) -> None:
     req = copy.deepcopy(request_body)

@@ -50,6 +50,9 @@ from unictr.model import UnifiedCTR
 
 EXPORT_FORMAT = "unictr-export/1"
 ONNX_FILE = "model.onnx"
+# The same model exported for requests of exactly one user (the common feed request): the user
+# tensors broadcast over the rows instead of being gathered per row (`modules.broadcast.one_user`).
+ONNX_ONE_USER_FILE = "model_one_user.onnx"
 PARITY_ATOL = 1e-5  # unified vs exported, fp32 probabilities
 ONNX_ATOL = 1e-4  # torch vs onnxruntime probabilities
 # The Batch tensors the model reads, in the order the ONNX graph takes them; the first seven are per user.
@@ -297,16 +300,18 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_onnx(model: UnifiedCTR, path: Path, example: Batch, check: Batch) -> float:
+def export_onnx(model: UnifiedCTR, path: Path, example: Batch, check: Batch, one_user: bool = False) -> float:
     """Write `model` as ONNX (torch's dynamo exporter, dynamic U and N) and check it with onnxruntime.
 
-    Returns the max abs difference of the probabilities on `check`; raises ExportError above ONNX_ATOL.
+    `one_user`: the graph for batches of exactly one user (U fixed at 1; `example` and `check` must
+    have one user). Returns the max abs difference of the probabilities on `check`; raises
+    ExportError above ONNX_ATOL.
     """
     import onnxruntime as ort
 
     wrapper = BatchInputs(model).eval()
     users, rows = torch.export.Dim("users"), torch.export.Dim("rows")
-    dynamic = tuple({0: users} if n in USER_INPUTS else {0: rows} for n in BATCH_INPUTS)
+    dynamic = tuple(({0: users} if not one_user else None) if n in USER_INPUTS else {0: rows} for n in BATCH_INPUTS)
     log = io.StringIO()  # the exporter is chatty; keep its output for the error message only
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
@@ -367,6 +372,12 @@ def export_surface(
             example = to_surface_batch(example, full.schema, model.schema)
             parity["onnx_max_abs_diff"] = export_onnx(model, tmp / ONNX_FILE, example, check=probe_s)
             files[ONNX_FILE] = sha256_file(tmp / ONNX_FILE)
+            one, check = (probe_batch(full.schema, surface, users=1, rows=r, seed=r) for r in (7, 17))
+            parity["onnx_one_user_max_abs_diff"] = export_onnx(
+                model, tmp / ONNX_ONE_USER_FILE, to_surface_batch(one, full.schema, model.schema),
+                check=to_surface_batch(check, full.schema, model.schema), one_user=True,
+            )
+            files[ONNX_ONE_USER_FILE] = sha256_file(tmp / ONNX_ONE_USER_FILE)
             lib |= {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
         manifest = _manifest(model, surface, run_dir, run_manifest, files, parity, lib)
         save_json(manifest, tmp / MANIFEST)

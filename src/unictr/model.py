@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from unictr.config import Config
 from unictr.data.batch import Batch, Schema
+from unictr.modules.broadcast import rows_of_users
 from unictr.modules.calibration import LogitCalibration, PosthocCalibration
 from unictr.modules.dcn import DCNv2Projection
 from unictr.modules.embedding import FusedEmbedding
@@ -39,6 +40,9 @@ class UnifiedCTR(nn.Module):
         self.register_buffer("cand_offsets", self._table_offsets(s.cand_cat), persistent=False)
         self.trunk_cols = [i for i, n in enumerate(s.cand_cat) if n not in tower_feats]
         self.tower_cols = [i for i, n in enumerate(s.cand_cat) if n in tower_feats]
+        # the same columns as index tensors: one gather each (list indexing exports as transpose-gather-transpose)
+        self.register_buffer("trunk_index", torch.tensor(self.trunk_cols, dtype=torch.int64), persistent=False)
+        self.register_buffer("tower_index", torch.tensor(self.tower_cols, dtype=torch.int64), persistent=False)
         self.view_embedding = nn.Embedding(len(s.view_keys), d)
         self.user_dense = nn.Linear(len(s.user_dense), m.dense_hidden) if s.user_dense else None
         self.cand_dense = nn.Linear(len(s.cand_dense), m.dense_hidden) if s.cand_dense else None
@@ -57,6 +61,8 @@ class UnifiedCTR(nn.Module):
             # each event's side features share their candidate feature's table; the candidate's join the query
             side = list(cfg.sequence.side_features.values())
             self.side_cols = [s.cand_cat.index(f) for f in side]
+            query_cols = [self.item_col, *self.side_cols]
+            self.register_buffer("query_index", torch.tensor(query_cols, dtype=torch.int64), persistent=False)
             self.register_buffer("side_offsets", self._table_offsets(side), persistent=False)
 
         user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
@@ -133,12 +139,13 @@ class UnifiedCTR(nn.Module):
         user_vec = torch.cat(user_parts, dim=1)
 
         # 3. Candidate side, per impression; the target attention is where user meets candidate.
-        cand_parts = [cand_emb[:, self.trunk_cols].flatten(1)]
+        trunk_emb = cand_emb.index_select(1, self.trunk_index)
+        cand_parts = [trunk_emb.flatten(1)]
         if self.cand_dense is not None:
             cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
-        fields = [user_emb[b.user_index], cand_emb[:, self.trunk_cols]]
+        fields = [rows_of_users(user_emb, b.user_index), trunk_emb]
         if self.sequence is not None:
-            query = cand_emb[:, self.item_col] + cand_emb[:, self.side_cols].sum(1)
+            query = cand_emb.index_select(1, self.query_index).sum(1)  # the item's and its side features' rows
             attended = self.target_attention(query, seq_emb, tokens, tok_mask, b.user_index)
             cand_parts.append(attended)
             fields.append(attended[:, None])
@@ -151,7 +158,7 @@ class UnifiedCTR(nn.Module):
         z = self.projection(experts.flatten(1))
 
         # 5. Per-surface towers with late fusion (tower features + view type).
-        late = torch.cat([cand_emb[:, self.tower_cols], self.view_embedding(b.view_key)[:, None]], dim=1)
+        late = torch.cat([cand_emb.index_select(1, self.tower_index), self.view_embedding(b.view_key)[:, None]], dim=1)
         logits = self.towers(z, late, b.surface)
 
         # 6. Learned calibration per (key, task), then the post-hoc fit per (view key, task).

@@ -24,10 +24,13 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def hash_ids(values: np.ndarray, size: int) -> np.ndarray:
-    """Map raw int64 ids to rows in [0, size) with a fixed mixing hash."""
+def hash_ids(values: np.ndarray, size: int | np.ndarray) -> np.ndarray:
+    """Map raw int64 ids to rows in [0, size) with a fixed mixing hash.
+
+    `size` may be an array that broadcasts against `values` (e.g. one size per column of a matrix).
+    """
     raw = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)
-    return (_splitmix64(raw) % np.uint64(size)).astype(np.int64)
+    return (_splitmix64(raw) % np.asarray(size, dtype=np.uint64)).astype(np.int64)
 
 
 def hash_strings(values: list[str] | np.ndarray) -> np.ndarray:

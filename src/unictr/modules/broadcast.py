@@ -6,6 +6,24 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+
+def one_user(user: Tensor) -> bool:
+    """True when `user` (leading dim: unique users) holds a single user, known without a shape guard.
+
+    A 1-user request (one user's feed, hundreds of candidates) is the common serving case: its user
+    tensors broadcast over the rows instead of being gathered per row. Under an export with a dynamic
+    user dim this is False (the general, gathering graph); eagerly, or exported for one user, it is exact.
+    """
+    return statically_known_true(user.shape[0] == 1)
+
+
+def rows_of_users(user: Tensor, user_index: Tensor) -> Tensor:
+    """`user[user_index]`: each row's user tensor (a broadcast view when there is one user)."""
+    if one_user(user):
+        return user.expand(user_index.shape[0], *user.shape[1:])
+    return user.index_select(0, user_index)
 
 
 class BroadcastLinear(nn.Module):
@@ -25,4 +43,8 @@ class BroadcastLinear(nn.Module):
             nn.init.uniform_(w, -bound, bound)
 
     def forward(self, user: Tensor, cand: Tensor, user_index: Tensor) -> Tensor:
-        return torch.index_select(self.user(user), 0, user_index) + self.cand(cand)
+        u = self.user(user) + self.cand.bias  # [U, out]: the user block and the bias, once per user
+        if not one_user(u):  # with one user its row broadcasts: nothing is gathered
+            u = torch.index_select(u, 0, user_index)
+        # one GEMM that accumulates onto the user rows (no separate pass over [N, out] to add them)
+        return torch.addmm(u, cand, self.cand.weight.t())

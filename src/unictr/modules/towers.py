@@ -48,13 +48,15 @@ class TowerTree(nn.Module):
             SurfaceTower(in_dim, len(cols) * late_dim, hidden, tasks) for cols in late_columns
         )
         self.late_columns = [list(c) for c in late_columns]
+        for i, cols in enumerate(late_columns):  # index tensors: one gather each when exported
+            self.register_buffer(f"late_index_{i}", torch.tensor(cols, dtype=torch.int64), persistent=False)
         self.register_buffer("tower_of_surface", torch.tensor(tower_of_surface, dtype=torch.int64), persistent=False)
         self.tasks = tasks
 
     def forward(self, z: Tensor, late: Tensor, surface: Tensor) -> Tensor:
         """z `[N, P]`, late `[N, F_late, D]`, surface `[N]` → logits `[N, tasks]`."""
         if len(self.towers) == 1:
-            return self.towers[0](z, late[:, self.late_columns[0]].flatten(1))
+            return self.towers[0](z, late.index_select(1, self.late_index_0).flatten(1))
         tower = self.tower_of_surface[surface]
         logits = z.new_zeros(z.shape[0], self.tasks)
         for i, t in enumerate(self.towers):
