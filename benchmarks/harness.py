@@ -51,11 +51,16 @@ def summarize(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def compare(ctx: Context, variants: Mapping[str, Variant], repeats: int, warmup: int = 2) -> dict[str, dict]:
+def compare(
+    ctx: Context, variants: Mapping[str, Variant], repeats: int, warmup: int = 2, block: int = 1
+) -> dict[str, dict]:
     """Time every variant `repeats` times after `warmup` untimed calls each.
 
     Runs are interleaved round by round, in an order rotated every round, so a change in the
     machine's load during the measurement hits every variant alike (the machine is shared).
+    `block` > 1 times that many consecutive calls per variant and round, after one untimed call:
+    for latency tails, which should not include the previous variant's thread pools still spinning
+    (OpenMP, ONNX Runtime) or its cold caches; a server runs one configuration, not seven in turn.
     """
     names = list(variants)
     for name in names:
@@ -63,12 +68,17 @@ def compare(ctx: Context, variants: Mapping[str, Variant], repeats: int, warmup:
             variants[name]()
         ctx.sync()
     samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
+    rounds = -(-repeats // block)
+    for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            variants[name]()
-            ctx.sync()
-            samples[name].append(time.perf_counter() - start)
+            if block > 1:
+                variants[name]()
+                ctx.sync()
+            for _ in range(min(block, repeats - r * block)):
+                start = time.perf_counter()
+                variants[name]()
+                ctx.sync()
+                samples[name].append(time.perf_counter() - start)
     return {name: summarize(samples[name]) for name in names}
 
 

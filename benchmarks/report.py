@@ -110,6 +110,9 @@ def serving(r: dict[str, Any]) -> str:
     header = ["backend", "Scorer.score p50", "p99", "p99 / floor", "model p50", "model p99", "model p99 / floor",
               "load s", "max abs diff"]
     stages = ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in s["stages"].items())
+    layouts = ", ".join(
+        f"{k} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms" for k, v in s.get("request_layouts", {}).items()
+    )
     http = s["http"]
     http_rows = [
         [name, f"{t['p50_ms']:.2f}", f"{t['p99_ms']:.2f}", f"{s['http_x_floor'][name]:.1f}x"]
@@ -118,7 +121,9 @@ def serving(r: dict[str, Any]) -> str:
     return (
         f"Request: {s['request']}, {s['mflop']:.0f} MFLOP; floor {s['floors_ms']['fp32']:.2f} ms fp32"
         + (f", {s['floors_ms']['bf16']:.3f} ms bf16" if "bf16" in s["floors_ms"] else "")
-        + f". Fastest in-process: **{s['backend']}**. Request stages (any backend): {stages}.\n\n"
+        + f". Fastest in-process: **{s['backend']}**. Request stages (any backend): {stages}."
+        + (f" The same request in each layout ({s['backend']}): {layouts}." if layouts else "")
+        + "\n\n"
         + _table(header, rows)
         + "\n\nOver HTTP (`unictr serve` on 127.0.0.1, client-side, sequential):\n\n"
         + (_table(["backend", "p50 ms", "p99 ms", "p99 / floor"], http_rows) if http_rows else str(http))

@@ -34,6 +34,7 @@ from unictr.serving.scorer import Scorer, to_columns
 from unictr.train.loop import train
 
 USERS, CANDIDATES = 1, 500
+BLOCK = 20  # consecutive timed calls per variant and round: latency of one configuration (harness.compare)
 SERVER_START_TIMEOUT_S = 600  # the compile backend compiles before it serves
 
 
@@ -129,7 +130,8 @@ def run(ctx: Context) -> dict[str, Any]:
         setup_s[name] = time.perf_counter() - start
     reference = scorers["eager_fp32"].score(body).probabilities
     max_diff = {name: float(abs(s.score(body).probabilities - reference).max()) for name, s in scorers.items()}
-    in_process = compare(ctx, {name: _on(variants[name][0], s.score, body) for name, s in scorers.items()}, repeats)
+    scoring = {name: _on(variants[name][0], s.score, body) for name, s in scorers.items()}
+    in_process = compare(ctx, scoring, repeats, block=BLOCK)
 
     eager = scorers["eager_fp32"]  # where the time goes: validation, encoding (any backend), then the model
     parsed, parsed_rows = eager.parse(body), eager.parse(row_body)
@@ -143,8 +145,10 @@ def run(ctx: Context) -> dict[str, Any]:
             "encode_rows": partial(eager.encode, parsed_rows),
         },
         repeats,
+        block=BLOCK,
     )
-    model_only = compare(ctx, {name: _on(variants[name][0], s.predict, batch) for name, s in scorers.items()}, repeats)
+    predicting = {name: _on(variants[name][0], s.predict, batch) for name, s in scorers.items()}
+    model_only = compare(ctx, predicting, repeats, block=BLOCK)
     flops, _ = request_flops(eager.model, batch.to(ctx.device))
     floors = {"fp32": floor_ms(ctx, flops)}
     if bf16_support(ctx.device)[0]:
@@ -158,7 +162,7 @@ def run(ctx: Context) -> dict[str, Any]:
     best = min(in_process, key=lambda name: in_process[name]["median_ms"])
     floor = floor_of(best)
     on_best = partial(_on, variants[best][0], scorers[best].score)
-    layouts = compare(ctx, {"candidate_columns": on_best(body), "candidates": on_best(row_body)}, repeats)
+    layouts = compare(ctx, {"candidate_columns": on_best(body), "candidates": on_best(row_body)}, repeats, block=BLOCK)
     http = {}
     if ctx.device.type == "cpu":
         registry = Registry(ctx.workdir / "registry")
