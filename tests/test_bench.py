@@ -4,6 +4,7 @@ the scorer's serving backends score like the eager model."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from tests.test_export import same_time_table, small_config, table_to_request, t
 from tests.test_serving import SURFACE
 from unictr.bench import headlines
 from unictr.cli import app
-from unictr.export import export_surface
+from unictr.export import MANIFEST, ONNX_ONE_USER_FILE, export_surface
 from unictr.modules.embedding import FusedEmbedding
 from unictr.serving.scorer import Scorer
 
@@ -95,6 +96,14 @@ def test_scorer_backends_score_like_eager(sim_config, tmp_path) -> None:
     one_user = Scorer.load(tmp_path / "export", backend="onnx", max_unique_users=1).score(request)  # one-user graph
     np.testing.assert_allclose(one_user.probabilities, eager, rtol=0, atol=1e-5)
     assert one_user.chunks == one_user.unique_users > 1
+    older = tmp_path / "older"  # an export from before model_one_user.onnx: the general graph serves all
+    shutil.copytree(tmp_path / "export", older)
+    (older / ONNX_ONE_USER_FILE).unlink()
+    manifest = json.loads((older / MANIFEST).read_text())
+    del manifest["files"][ONNX_ONE_USER_FILE]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    general = Scorer.load(older, backend="onnx", max_unique_users=1).score(request).probabilities
+    np.testing.assert_allclose(general, eager, rtol=0, atol=1e-5)
     bf16 = Scorer.load(tmp_path / "export", bf16=True).score(request).probabilities
     np.testing.assert_allclose(bf16, eager, rtol=0, atol=2e-2)
     with pytest.raises(ValueError, match="backend must be one of auto, eager, compile, onnx"):

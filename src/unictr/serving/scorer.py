@@ -13,8 +13,8 @@ Request JSON (see docs/serving.md):
                 "sequence": {"items": [...], "actions": [...], "timestamps_ms": [...]}}],  # optional
      "candidates": [{"user": "u1", "features": {"ad_id": 42, ...}, "view_type": "grid"}]}
 
-or, for large requests, the candidates as columns (one list per field, the same validation; about
-4x less JSON to parse and no per-candidate objects to build), answered with columns too:
+or, for large requests, the candidates as columns (one list per field, the same validation; 2.5x
+less JSON, half the validation time and no per-candidate objects to build), answered with columns:
 
      "candidate_columns": {"user": ["u1", ...], "view_type": ["grid", ...], "features": {"ad_id": [42, ...], ...}}
 
@@ -226,10 +226,10 @@ class Scorer:
         model, manifest = load_export(export_dir)
         if ONNX_FILE in manifest["files"]:
             kwargs.setdefault("onnx_path", Path(export_dir) / ONNX_FILE)
-        if ONNX_ONE_USER_FILE in manifest["files"]:  # exports before it have the general graph only
-            kwargs.setdefault("onnx_one_user_path", Path(export_dir) / ONNX_ONE_USER_FILE)
         elif kwargs.get("backend") == "onnx":
             raise ValueError(f"{export_dir}: no {ONNX_FILE}; export with --format onnx to serve with onnx")
+        if ONNX_ONE_USER_FILE in manifest["files"]:  # exports before it have the general graph only
+            kwargs.setdefault("onnx_one_user_path", Path(export_dir) / ONNX_ONE_USER_FILE)
         return cls(model, manifest, **kwargs)
 
     def parse(self, request: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
