@@ -47,21 +47,24 @@ class TowerTree(nn.Module):
         self.towers = nn.ModuleList(
             SurfaceTower(in_dim, len(cols) * late_dim, hidden, tasks) for cols in late_columns
         )
-        self.late_columns = [list(c) for c in late_columns]
-        for i, cols in enumerate(late_columns):  # index tensors: one gather each when exported
+        for i, cols in enumerate(late_columns):  # index tensors: one gather each (list indexing exports as three nodes)
             self.register_buffer(f"late_index_{i}", torch.tensor(cols, dtype=torch.int64), persistent=False)
         self.register_buffer("tower_of_surface", torch.tensor(tower_of_surface, dtype=torch.int64), persistent=False)
         self.tasks = tasks
 
+    def _late(self, late: Tensor, tower: int) -> Tensor:
+        """The late-feature columns tower `tower` fuses, flattened: `[rows, len(cols) * D]`."""
+        return late.index_select(1, getattr(self, f"late_index_{tower}")).flatten(1)
+
     def forward(self, z: Tensor, late: Tensor, surface: Tensor) -> Tensor:
         """z `[N, P]`, late `[N, F_late, D]`, surface `[N]` → logits `[N, tasks]`."""
         if len(self.towers) == 1:
-            return self.towers[0](z, late.index_select(1, self.late_index_0).flatten(1))
+            return self.towers[0](z, self._late(late, 0))
         tower = self.tower_of_surface[surface]
         logits = z.new_zeros(z.shape[0], self.tasks)
         for i, t in enumerate(self.towers):
             rows = torch.nonzero(tower == i, as_tuple=True)[0]
             if rows.numel():
-                out = t(z[rows], late[rows][:, self.late_columns[i]].flatten(1))
+                out = t(z[rows], self._late(late[rows], i))
                 logits = logits.index_copy(0, rows, out.to(logits.dtype))
         return logits
