@@ -72,6 +72,10 @@ class Schema:
         return [self.surfaces.index(s) for s, _ in self.view_keys]
 
 
+# The Batch fields of a user's action sequence, in the order `reader.pad_sequences` returns them.
+SEQUENCE_FIELDS = ("seq_item", "seq_side", "seq_action", "seq_age", "seq_mask")
+
+
 @dataclass
 class Batch:
     """One batch in the broadcast layout (shapes in docs/data.md)."""

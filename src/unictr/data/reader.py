@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import torch
 
 from unictr.config import DataSpec
-from unictr.data.batch import Batch, Schema, concat_batches
+from unictr.data.batch import SEQUENCE_FIELDS, Batch, Schema, concat_batches
 from unictr.data.encode import hash_ids
 from unictr.data.errors import DataError
 
@@ -97,11 +97,7 @@ def encode_table(table: pa.Table, schema: Schema, keys: DataSpec, source: str = 
     return Batch(
         user_cat=torch.from_numpy(user_cat),
         user_dense=torch.from_numpy(user_dense),
-        seq_item=seq[0],
-        seq_side=seq[1],
-        seq_action=seq[2],
-        seq_age=seq[3],
-        seq_mask=seq[4],
+        **dict(zip(SEQUENCE_FIELDS, seq, strict=True)),
         cand_cat=torch.from_numpy(cand_cat),
         cand_dense=torch.from_numpy(cand_dense),
         surface=torch.from_numpy(surface),

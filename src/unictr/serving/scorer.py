@@ -39,7 +39,7 @@ from pydantic import Field, Strict, StrictInt, StrictStr, TypeAdapter, Validatio
 from typing_extensions import TypedDict
 
 from unictr.checkpoint import MODEL_FILE
-from unictr.data.batch import Batch, Schema
+from unictr.data.batch import SEQUENCE_FIELDS, Batch, Schema
 from unictr.data.encode import hash_ids
 from unictr.data.reader import no_sequences, pad_sequences
 from unictr.export import BATCH_INPUTS, ONNX_FILE, ONNX_ONE_USER_FILE, load_export, probabilities, probe_batch
@@ -296,11 +296,7 @@ class Scorer:
         batch = Batch(
             user_cat=torch.from_numpy(user_cat),
             user_dense=torch.from_numpy(_dense_matrix(user_cols, s.user_dense, every_user)),
-            seq_item=seq[0],
-            seq_side=seq[1],
-            seq_action=seq[2],
-            seq_age=seq[3],
-            seq_mask=seq[4],
+            **dict(zip(SEQUENCE_FIELDS, seq, strict=True)),
             cand_cat=torch.from_numpy(cand_cat),
             cand_dense=torch.from_numpy(_dense_matrix(features, s.cand_dense, order)),
             surface=torch.zeros(n, dtype=torch.int64),
