@@ -43,7 +43,7 @@ def test_quick_run_writes_the_contract_keys(quick_run) -> None:
         assert len(quick_run[suite]["load_average_at_start"]) == 3
     machine = quick_run["machine"]
     assert machine["threads"] == 1 and machine["quick"] and machine["logical_cores"] >= 1
-    assert len(headlines(quick_run)) == 6
+    assert len(headlines(quick_run)) == 7
 
 
 def test_quick_run_measures_like_for_like(quick_run) -> None:
