@@ -61,8 +61,6 @@ class UnifiedCTR(nn.Module):
             # each event's side features share their candidate feature's table; the candidate's join the query
             side = list(cfg.sequence.side_features.values())
             self.side_cols = [s.cand_cat.index(f) for f in side]
-            query_cols = [self.item_col, *self.side_cols]
-            self.register_buffer("query_index", torch.tensor(query_cols, dtype=torch.int64), persistent=False)
             self.register_buffer("side_offsets", self._table_offsets(side), persistent=False)
 
         user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
@@ -145,7 +143,10 @@ class UnifiedCTR(nn.Module):
             cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
         fields = [rows_of_users(user_emb, b.user_index), trunk_emb]
         if self.sequence is not None:
-            query = cand_emb.index_select(1, self.query_index).sum(1)  # the item's and its side features' rows
+            # the item's row plus its side features' rows, as adds (a ReduceSum over 2-4 rows is slow in ONNX Runtime)
+            query = cand_emb[:, self.item_col]
+            for col in self.side_cols:
+                query = query + cand_emb[:, col]
             attended = self.target_attention(query, seq_emb, tokens, tok_mask, b.user_index)
             cand_parts.append(attended)
             fields.append(attended[:, None])
