@@ -311,7 +311,8 @@ def export_onnx(model: UnifiedCTR, path: Path, example: Batch, check: Batch, one
 
     wrapper = BatchInputs(model).eval()
     users, rows = torch.export.Dim("users"), torch.export.Dim("rows")
-    dynamic = tuple(({0: users} if not one_user else None) if n in USER_INPUTS else {0: rows} for n in BATCH_INPUTS)
+    user_dims = None if one_user else {0: users}  # one user: the user inputs keep their static first dim of 1
+    dynamic = tuple(user_dims if n in USER_INPUTS else {0: rows} for n in BATCH_INPUTS)
     log = io.StringIO()  # the exporter is chatty; keep its output for the error message only
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \

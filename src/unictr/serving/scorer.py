@@ -266,7 +266,7 @@ class Scorer:
         """A validated request (see `parse`) as a Batch in the broadcast layout."""
         users = req["users"]
         columnar = "candidate_columns" in req
-        cand_users, view_types, features, where = self._candidate_columns(req)
+        cand_users, view_types, features = self._candidate_columns(req)
         n = len(cand_users)
         if n > self.max_candidates:
             raise RequestError(f"candidates: {n} candidates, at most {self.max_candidates} per request", 413)
@@ -277,7 +277,8 @@ class Scorer:
         ref = _codes(cand_users, lambda u: position.get(str(u), -1))
         if (ref < 0).any():
             i = int(np.flatnonzero(ref < 0)[0])
-            raise RequestError(f"{where('user', i)}: unknown user {cand_users[i]!r}; not among users[].id")
+            where = _candidate_field(columnar, "user", i)
+            raise RequestError(f"{where}: unknown user {cand_users[i]!r}; not among users[].id")
         referenced = np.zeros(len(users), dtype=bool)
         referenced[ref] = True
         used = np.flatnonzero(referenced)  # users with candidates, in request order
@@ -290,8 +291,7 @@ class Scorer:
         seq, truncated, dropped = self._sequences([users[i] for i in used], req_ms)
         view_key = _codes(view_types, self._view_index.__getitem__)[order]
         user_cat = _cat_matrix(user_cols, s.user_cat, s.user_cat_sizes, every_user, "users[].features")
-        cand_label = "candidate_columns.features" if columnar else "candidates[].features"
-        cand_cat = _cat_matrix(features, s.cand_cat, s.cand_cat_sizes, order, cand_label)
+        cand_cat = _cat_matrix(features, s.cand_cat, s.cand_cat_sizes, order, _candidate_field(columnar, "features"))
         tasks = len(s.tasks)
         batch = Batch(
             user_cat=torch.from_numpy(user_cat),
@@ -307,11 +307,8 @@ class Scorer:
         )
         return EncodedRequest(batch, order, truncated, dropped, columnar)
 
-    def _candidate_columns(
-        self, req: Mapping[str, Any]
-    ) -> tuple[list[str], list[str], Mapping[str, list], Callable[[str, int], str]]:
-        """(user refs, view types, feature name → values) of the candidates, from either layout, and
-        `where(field, i)`: how an error names candidate i's field in the request's own layout."""
+    def _candidate_columns(self, req: Mapping[str, Any]) -> tuple[list[str], list[str], Mapping[str, list]]:
+        """(user refs, view types, feature name → values) of the candidates, from either layout."""
         if ("candidates" in req) == ("candidate_columns" in req):
             raise RequestError(
                 "body: give the candidates either as candidates (a list of objects) or as "
@@ -321,7 +318,7 @@ class Scorer:
             rows = req["candidates"]
             names = (*self.schema.cand_cat, *self.schema.cand_dense)
             features = {name: [r["features"][name] for r in rows] for name in names}
-            return [r["user"] for r in rows], [r["view_type"] for r in rows], features, _row_field
+            return [r["user"] for r in rows], [r["view_type"] for r in rows], features
         cols = req["candidate_columns"]
         n = len(cols["user"])
         lists = {"view_type": cols["view_type"]} | {f"features.{k}": v for k, v in cols["features"].items()}
@@ -330,7 +327,7 @@ class Scorer:
                 raise RequestError(
                     f"candidate_columns.{key}: {len(values)} values, expected {n} (one per candidate_columns.user)"
                 )
-        return cols["user"], cols["view_type"], cols["features"], _column_field
+        return cols["user"], cols["view_type"], cols["features"]
 
     def _sequences(
         self, users: list[dict[str, Any]], req_ms: int
@@ -421,12 +418,11 @@ def to_columns(request: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k != "candidates"} | {"candidate_columns": columns}
 
 
-def _row_field(field: str, i: int) -> str:
-    return f"candidates[{i}].{field}"
-
-
-def _column_field(field: str, i: int) -> str:
-    return f"candidate_columns.{field}[{i}]"
+def _candidate_field(columnar: bool, field: str, i: int | None = None) -> str:
+    """How an error names candidate `i`'s `field` (every candidate's when `i` is None) in the request's layout."""
+    if columnar:
+        return f"candidate_columns.{field}" + ("" if i is None else f"[{i}]")
+    return f"candidates[{'' if i is None else i}].{field}"
 
 
 def _cat_matrix(
@@ -442,7 +438,7 @@ def _cat_matrix(
             raw[:, j] = np.asarray(columns[name], dtype=np.int64)[take]
         except OverflowError:
             raise RequestError(f"{label}.{name}: an id outside the int64 range") from None
-    return hash_ids(raw, np.asarray(sizes, dtype=np.uint64))  # one vectorised hash for every column
+    return hash_ids(raw, np.asarray(sizes))  # one vectorised hash for every column (sizes broadcast per column)
 
 
 def _codes(values: list[Any], code: Callable[[Any], int]) -> np.ndarray:
