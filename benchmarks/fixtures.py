@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import torch
 
 from benchmarks.harness import Context
-from unictr.config import Config, load_config
+from unictr.config import Config, load_config, with_changes
 from unictr.data.batch import Batch
 from unictr.data.simulate import simulate
 from unictr.export import prune_model
@@ -38,10 +38,8 @@ LONG_SEQUENCE_LAYERS = 2
 
 def long_sequence_config(cfg: Config) -> Config:
     """`cfg` with the user side production-shaped: `LONG_SEQUENCE` events through `LONG_SEQUENCE_LAYERS` blocks."""
-    raw = cfg.model_dump(mode="json")
-    raw["sequence"]["max_len"] = LONG_SEQUENCE
-    raw["model"]["sequence"]["layers"] = LONG_SEQUENCE_LAYERS
-    return Config.model_validate(raw)
+    return with_changes(with_changes(cfg, "sequence", max_len=LONG_SEQUENCE), "model.sequence",
+                        layers=LONG_SEQUENCE_LAYERS)
 
 
 def sim_data(ctx: Context, rows: int) -> Path:

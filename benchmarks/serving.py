@@ -26,7 +26,7 @@ from rich.console import Console
 from benchmarks import fixtures
 from benchmarks.floor import floor_ms, request_flops
 from benchmarks.harness import Context, bf16_support, compare, summarize, threads
-from unictr.config import Config
+from unictr.config import with_changes
 from unictr.export import export_surface
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
@@ -40,10 +40,7 @@ SERVER_START_TIMEOUT_S = 600  # the compile backend compiles before it serves
 
 def trained_export(ctx: Context) -> Path:
     """A surface export (safetensors + ONNX) of one short training epoch on simulated data."""
-    cfg = fixtures.sim_config()
-    raw = cfg.model_dump(mode="json")
-    raw["train"].update(epochs=1, threads=ctx.threads, device=ctx.device.type)
-    cfg = Config.model_validate(raw)
+    cfg = with_changes(fixtures.sim_config(), "train", epochs=1, threads=ctx.threads, device=ctx.device.type)
     run = ctx.workdir / "serving-run"
     train(cfg, fixtures.sim_data(ctx, ctx.pick(20_000, 3_000)), run, console=Console(quiet=True), show_progress=False)
     out = ctx.workdir / "serving-export"

@@ -12,15 +12,15 @@ from safetensors.torch import load_file
 
 from tests.conftest import random_table
 from unictr.checkpoint import CheckpointError, load_model
-from unictr.config import Config
+from unictr.config import Config, with_changes
 from unictr.data.batch import Schema
 from unictr.data.reader import load_split
 from unictr.train.evaluate import predict
 from unictr.train.loop import train
 
 
-def _small(cfg, epochs: int):
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": epochs, "batch_size": 64})})
+def _small(cfg: Config, epochs: int, **train: object) -> Config:
+    return with_changes(cfg, "train", epochs=epochs, batch_size=64, **train)
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,7 @@ def test_missing_manifest(tmp_path) -> None:
 def test_resume_equals_uninterrupted(sim_config, data_dir, tmp_path, embedding_optimizer) -> None:
     """Resuming restores weights, the optimizer (the fused row-wise Adagrad state too) and the RNG exactly."""
     def cfg(epochs: int) -> Config:
-        c = _small(sim_config, epochs)
-        return c.model_copy(update={"train": c.train.model_copy(update={"embedding_optimizer": embedding_optimizer})})
+        return _small(sim_config, epochs, embedding_optimizer=embedding_optimizer)
 
     straight = train(cfg(2), data_dir, tmp_path / "a", console=_quiet(), show_progress=False)
     train(cfg(1), data_dir, tmp_path / "b", console=_quiet(), show_progress=False)
@@ -86,7 +85,6 @@ def test_resume_equals_uninterrupted(sim_config, data_dir, tmp_path, embedding_o
 
 def test_resume_with_other_config_refused(sim_config, data_dir, tmp_path) -> None:
     train(_small(sim_config, 1), data_dir, tmp_path / "run", console=_quiet(), show_progress=False)
-    other = _small(sim_config, 2)
-    other = other.model_copy(update={"train": other.train.model_copy(update={"lr": 0.1})})
+    other = _small(sim_config, 2, lr=0.1)
     with pytest.raises(CheckpointError, match="only train.epochs may change"):
         train(other, data_dir, tmp_path / "run", resume=True, console=_quiet(), show_progress=False)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from unictr.calibration_fit import fit_scoped
 from unictr.checkpoint import MANIFEST, MODEL_FILE, load_model, sha256_file, write_checkpoint
-from unictr.config import Config, with_model_part
+from unictr.config import Config, with_changes
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split, split_files
 from unictr.model import UnifiedCTR
@@ -55,7 +55,7 @@ def key_label(key: tuple[str, ...]) -> str:
 def with_posthoc(cfg: Config, method: str, scope: str = "view_type", knots: int | None = None) -> Config:
     """`cfg` with the post-hoc calibration fields set (validated)."""
     knots_change = {} if knots is None else {"posthoc_knots": knots}
-    return with_model_part(cfg, "calibration", posthoc=method, posthoc_scope=scope, **knots_change)
+    return with_changes(cfg, "model.calibration", posthoc=method, posthoc_scope=scope, **knots_change)
 
 
 def without_posthoc(model: UnifiedCTR) -> UnifiedCTR:

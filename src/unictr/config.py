@@ -281,11 +281,15 @@ def config_from_dict(raw: object, source: str = "<dict>") -> Config:
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def with_model_part(cfg: Config, part: str, **changes: Any) -> Config:
-    """`cfg` with keys of `model.<part>` changed (e.g. `tower`, `sequence`, `calibration`), validated again."""
+def with_changes(cfg: Config, section: str, **changes: Any) -> Config:
+    """`cfg` with keys of one section changed, validated again; `section` is dotted (`train`,
+    `model.tower`, `model.calibration`, `sequence`, ...)."""
     raw = cfg.model_dump(mode="json")
-    raw["model"][part] |= changes
-    return config_from_dict(raw, f"<config with model.{part} {changes}>")
+    node = raw
+    for key in section.split("."):
+        node = node[key]
+    node |= changes
+    return config_from_dict(raw, f"<config with {section} {changes}>")
 
 
 def load_config(path: str | Path) -> Config:

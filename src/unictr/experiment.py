@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import torch
 from rich.console import Console
 
-from unictr.config import Config, config_from_dict, with_model_part
+from unictr.config import Config, config_from_dict, with_changes
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split, split_files
 from unictr.metrics import auc, bootstrap_auc_diff
@@ -97,10 +97,6 @@ def surface_config(cfg: Config, surface: str) -> Config:
     return config_from_dict(raw, f"<config pruned to {surface}>")
 
 
-def with_train(cfg: Config, **changes: Any) -> Config:
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update=changes)})
-
-
 # ------------------------------------------------------------------------------------------ neural arms
 
 
@@ -142,7 +138,7 @@ def train_separate(cfg: Config, data: Path, work: Path, eval_b: Batch, console: 
         if rows["train"] == 0:
             raise ValueError(f"separate arm: surface {surface!r} has no rows in {data / 'train'}")
         batch = max(1, round(cfg.train.batch_size * rows["train"] / total))
-        cfg_s = with_train(surface_config(cfg, surface), batch_size=batch)
+        cfg_s = with_changes(surface_config(cfg, surface), "train", batch_size=batch)
         console.print(f"separate: {surface} ({rows['train']:,} train rows, batch {batch})")
         p, secs, n_params, info = _train_and_predict(
             cfg_s, sub, work / "runs" / surface, sub / "eval", console, show_progress
@@ -221,10 +217,10 @@ def train_lightgbm(cfg: Config, data: Path, work: Path, eval_b: Batch, console: 
 ARM_PLAN: dict[str, tuple[Callable[..., ArmRun], Callable[[Config], Config]]] = {
     "unified": (train_unified, lambda cfg: cfg),
     "separate": (train_separate, lambda cfg: cfg),
-    "shared": (train_unified, lambda cfg: with_model_part(cfg, "tower", per_surface=False)),
+    "shared": (train_unified, lambda cfg: with_changes(cfg, "model.tower", per_surface=False)),
     "lightgbm": (train_lightgbm, lambda cfg: cfg),
-    "no_sequence": (train_unified, lambda cfg: with_model_part(cfg, "sequence", enabled=False)),
-    "no_mmoe": (train_unified, lambda cfg: with_model_part(cfg, "mmoe", enabled=False)),
+    "no_sequence": (train_unified, lambda cfg: with_changes(cfg, "model.sequence", enabled=False)),
+    "no_mmoe": (train_unified, lambda cfg: with_changes(cfg, "model.mmoe", enabled=False)),
 }
 ARMS = tuple(ARM_PLAN)
 
@@ -270,7 +266,7 @@ def run_experiment(
                 if arm in skipped:
                     continue
                 trainer, arm_config = ARM_PLAN[arm]
-                arm_cfg = with_train(arm_config(cfg), seed=seed)
+                arm_cfg = with_changes(arm_config(cfg), "train", seed=seed)
                 console.print(f"[bold]{arm}[/bold] seed {seed}")
                 try:
                     run = trainer(arm_cfg, data, work / arm / f"seed{seed}", eval_b, console, show_progress)
