@@ -38,6 +38,12 @@ class Context:
             torch.cuda.synchronize(self.device)
 
 
+# Untimed calls at the start of each block. Measured with one (serving suite, 14 variant timings of
+# 200 calls): 19 of the 28 slowest-two samples, which set the p99, were a block's first or second
+# timed call, and the first three calls' median was 0.1-0.4 ms above the rest (docs/performance.md).
+SETTLE_CALLS = 3
+
+
 def summarize(seconds: list[float]) -> dict[str, float]:
     """Median, p50/p99, min and max in milliseconds, and the number of timed repeats."""
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
@@ -58,9 +64,10 @@ def compare(
 
     Runs are interleaved round by round, in an order rotated every round, so a change in the
     machine's load during the measurement hits every variant alike (the machine is shared).
-    `block` > 1 times that many consecutive calls per variant and round, after one untimed call:
-    for latency tails, which should not include the previous variant's thread pools still spinning
-    (OpenMP, ONNX Runtime) or its cold caches; a server runs one configuration, not seven in turn.
+    `block` > 1 times that many consecutive calls per variant and round, after `SETTLE_CALLS`
+    untimed ones: for latency tails, which should not include the previous variant's thread pools
+    still spinning (OpenMP, ONNX Runtime) or its cold caches; a server runs one configuration, not
+    seven in turn.
     """
     names = list(variants)
     for name in names:
@@ -71,9 +78,9 @@ def compare(
     rounds = -(-repeats // block)
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            if block > 1:
+            for _ in range(SETTLE_CALLS if block > 1 else 0):
                 variants[name]()
-                ctx.sync()
+            ctx.sync()
             for _ in range(min(block, repeats - r * block)):
                 start = time.perf_counter()
                 variants[name]()
