@@ -3,9 +3,11 @@
 A small run is trained on simulated data and its `home_feed` surface exported with ONNX. The same
 request (JSON bytes, candidates as `candidate_columns`) is scored in-process by `Scorer.score`
 (validation, encoding and the model: everything but HTTP) with each backend (eager, `torch.compile`,
-ONNX Runtime; fp32, and bf16 autocast where the hardware has it), then over HTTP by the real server
-(`unictr serve` in a child process on 127.0.0.1) with the eager backend and the fastest one. The
-fastest backend also scores the request with one object per candidate (`candidates`), side by side.
+ONNX Runtime; fp32, and bf16 autocast where the hardware has it), then again with the candidate
+columns as numpy arrays (an in-process caller's request: no JSON, validated per array), then over HTTP
+by the real server (`unictr serve` in a child process on 127.0.0.1) with the eager backend and the
+fastest one. The fastest backend also scores the request with one object per candidate
+(`candidates`), side by side with the two columnar forms.
 Latencies are client-side wall times; p99 is also reported as a multiple of the request's FLOP floor
 (see the floor suite).
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import torch
 from rich.console import Console
 
@@ -102,6 +105,15 @@ def _http(
     return summarize(seconds)
 
 
+def array_request(body: bytes) -> dict[str, Any]:
+    """The JSON request `body` (with `candidate_columns`) with its candidate columns as numpy arrays."""
+    request = json.loads(body)
+    columns = request["candidate_columns"]
+    columns["user"], columns["view_type"] = np.array(columns["user"]), np.array(columns["view_type"])
+    columns["features"] = {name: np.array(values) for name, values in columns["features"].items()}
+    return request
+
+
 def _live(client: httpx.Client, port: int) -> bool:
     try:
         live = client.get(f"http://127.0.0.1:{port}/healthz").json()["live"]
@@ -129,6 +141,9 @@ def run(ctx: Context) -> dict[str, Any]:
     max_diff = {name: float(abs(s.score(body).probabilities - reference).max()) for name, s in scorers.items()}
     scoring = {name: _on(variants[name][0], s.score, body) for name, s in scorers.items()}
     in_process = compare(ctx, scoring, repeats, block=BLOCK)
+    arrays = array_request(body)  # the same request from an in-process caller holding numpy columns
+    with_arrays = compare(ctx, {name: _on(variants[name][0], s.score, arrays) for name, s in scorers.items()},
+                          repeats, block=BLOCK)
 
     eager = scorers["eager_fp32"]  # where the time goes: validation, encoding (any backend), then the model
     parsed, parsed_rows = eager.parse(body), eager.parse(row_body)
@@ -159,7 +174,12 @@ def run(ctx: Context) -> dict[str, Any]:
     best = min(in_process, key=lambda name: in_process[name]["median_ms"])
     floor = floor_of(best)
     on_best = partial(_on, variants[best][0], scorers[best].score)
-    layouts = compare(ctx, {"candidate_columns": on_best(body), "candidates": on_best(row_body)}, repeats, block=BLOCK)
+    layouts = compare(
+        ctx,
+        {"candidate_columns": on_best(body), "candidates": on_best(row_body), "numpy_columns": on_best(arrays)},
+        repeats,
+        block=BLOCK,
+    )
     http = {}
     if ctx.device.type == "cpu":
         registry = Registry(ctx.workdir / "registry")
@@ -183,6 +203,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "floors_ms": floors,
         "in_process": in_process,
         "in_process_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in in_process.items()},
+        "in_process_numpy": with_arrays,
+        "in_process_numpy_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in with_arrays.items()},
         "stages": stages,
         "request_layouts": layouts,
         "model_only": model_only,

@@ -43,7 +43,7 @@ def test_quick_run_writes_the_contract_keys(quick_run) -> None:
         assert len(quick_run[suite]["load_average_at_start"]) == 3
     machine = quick_run["machine"]
     assert machine["threads"] == 1 and machine["quick"] and machine["logical_cores"] >= 1
-    assert len(headlines(quick_run)) == 7
+    assert len(headlines(quick_run)) == 8
 
 
 def test_quick_run_measures_like_for_like(quick_run) -> None:
@@ -57,6 +57,8 @@ def test_quick_run_measures_like_for_like(quick_run) -> None:
             assert req["max_abs_diff"] <= 1e-6 and req["floor_ms"] > 0
     serving = quick_run["serving"]
     assert serving["backend"] in serving["in_process"]
+    assert set(serving["in_process_numpy"]) == set(serving["in_process"])  # both request forms, every variant
+    assert set(serving["request_layouts"]) == {"candidate_columns", "candidates", "numpy_columns"}
     assert all(d < 1e-2 for d in serving["max_abs_diff_vs_eager_fp32"].values())  # bf16 is within 1e-2
     assert set(serving["http"]) >= {"eager_fp32"}
     assert serving["p99_x_floor"] == pytest.approx(serving["p99_ms"] / serving["floor_ms"])

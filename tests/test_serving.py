@@ -132,6 +132,61 @@ def test_columnar_request_validation(client, request_body, mutate, message) -> N
     assert re.search(message, response.json()["detail"]), response.json()["detail"]
 
 
+def numpy_columns(request_body: dict) -> dict:
+    """The request with its candidate columns as numpy arrays (an in-process caller's form)."""
+    req = to_columns(copy.deepcopy(request_body))
+    cols = req["candidate_columns"]
+    cols["user"], cols["view_type"] = np.array(cols["user"]), np.array(cols["view_type"])
+    cols["features"] = {name: np.array(values) for name, values in cols["features"].items()}
+    return req
+
+
+def test_numpy_columns_score_like_json(world, request_body) -> None:
+    """Candidate columns as numpy arrays (any integer dtype for ids) give the JSON request's scores."""
+    scorer = Scorer.load(world["v1"])
+    body = to_columns(request_body)
+    reference = scorer.score(json.dumps(body)).probabilities
+    req = numpy_columns(request_body)
+    np.testing.assert_array_equal(scorer.score(req).probabilities, reference)
+    hours = np.arange(len(body["candidate_columns"]["user"])) % 24
+    body["candidate_columns"]["features"]["hour"] = hours.tolist()
+    features = req["candidate_columns"]["features"]
+    features["hour"] = hours.astype(np.uint8)
+    features["ad_age_days"] = features["ad_age_days"].astype(np.float32)  # the model's dense inputs are float32
+    np.testing.assert_array_equal(scorer.score(req).probabilities, scorer.score(json.dumps(body)).probabilities)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda c: c["features"].update(ad_id=c["features"]["ad_id"].astype(float)),
+         r"candidate_columns.features.ad_id: .*expected a 1-D numpy array of integer ids .*got a 1-D float64 array"),
+        (lambda c: c["features"].update(ad_id=c["features"]["ad_id"].tolist()),
+         r"candidate_columns.features.ad_id: .*expected a 1-D numpy array of integer ids .*got list"),
+        (lambda c: c["features"].update(ad_id=np.stack([c["features"]["ad_id"]] * 2)), r"got a 2-D int64 array"),
+        (lambda c: c["features"].update(ad_id=np.full(len(c["user"]), 2**63, dtype=np.uint64)),
+         r"candidate_columns.features.ad_id: .*position 0: an id outside the int64 range"),
+        (lambda c: c["features"]["ad_age_days"].__setitem__(5, np.nan),
+         r"candidate_columns.features.ad_age_days: .*position 5: not a finite number within the float32 range"),
+        (lambda c: c.update(view_type=np.array(["grid"] * (len(c["user"]) - 1) + ["carousel"])),
+         r"candidate_columns.view_type: .*position \d+: view type must be one of 'grid', 'full'"),
+        (lambda c: c.update(user=np.array([None] * len(c["user"]))),
+         r"candidate_columns.user: .*position 0: a user id must be a string or an integer"),
+        (lambda c: c.update(user=np.array(["ghost"] * len(c["user"]))),
+         r"candidate_columns.user\[0\]: unknown user 'ghost'"),
+        (lambda c: c["features"].update(ad_id=c["features"]["ad_id"][1:]),
+         r"candidate_columns.features.ad_id: \d+ values, expected \d+"),
+    ],
+    ids=["float-ids", "list-among-arrays", "2-d", "beyond-int64", "nan", "view-type", "user-type", "unknown-user",
+         "short"],
+)
+def test_numpy_columns_validation(world, request_body, mutate, message) -> None:
+    req = numpy_columns(request_body)
+    mutate(req["candidate_columns"])
+    with pytest.raises(RequestError, match=message):
+        Scorer.load(world["v1"]).score(req)
+
+
 def test_request_needs_one_candidate_layout(client, request_body) -> None:
     both = to_columns(request_body) | {"candidates": request_body["candidates"]}
     neither = {k: v for k, v in request_body.items() if k != "candidates"}

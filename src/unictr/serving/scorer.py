@@ -18,6 +18,9 @@ less JSON, half the validation time and no per-candidate objects to build), answ
 
      "candidate_columns": {"user": ["u1", ...], "view_type": ["grid", ...], "features": {"ad_id": [42, ...], ...}}
 
+In-process, the candidate columns may be 1-D numpy arrays instead of lists (all of them), each checked
+whole rather than value by value.
+
 Sequence events may come in any order (they are sorted by time); events at or after the request
 time are dropped (clock skew must not fail a request) and counted; only the newest
 `sequence.max_len` events are kept (truncation is counted too).
@@ -30,12 +33,13 @@ import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, NotRequired
 
 import numpy as np
 import torch
-from pydantic import Field, Strict, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import Field, PlainValidator, Strict, StrictInt, StrictStr, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from unictr.checkpoint import MODEL_FILE
@@ -67,18 +71,74 @@ class RequestError(ValueError):
 # A union checked in pydantic's core: a Python validator per candidate cost ~0.2 ms per 500 candidates.
 UserId = StrictStr | StrictInt
 USER_ID_BRANCHES = {("str", "string_type"), ("int", "int_type")}  # how pydantic reports the union's failures
+INT64_MAX = np.iinfo(np.int64).max
 
 
-def request_adapter(schema: Schema) -> TypeAdapter:
+def _array(value: Any, kinds: str, what: str) -> np.ndarray:
+    """`value` if it is a 1-D numpy array whose dtype kind is one of `kinds`; else a ValueError."""
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.dtype.kind in kinds:
+        return value
+    got = f"a {value.ndim}-D {value.dtype} array" if isinstance(value, np.ndarray) else type(value).__name__
+    raise ValueError(f"expected a 1-D numpy array of {what} (the request's candidate columns are arrays), got {got}")
+
+
+def _first_bad(bad: np.ndarray, message: str) -> None:
+    """Raise `message` for the first True position of `bad`, if any."""
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"position {i}: {message}")
+
+
+def _id_array(value: Any) -> np.ndarray:
+    ids = _array(value, "iu", "integer ids")
+    if ids.dtype.kind == "u":
+        _first_bad(ids > INT64_MAX, "an id outside the int64 range")
+    return ids
+
+
+def _dense_array(value: Any) -> np.ndarray:
+    dense = _array(value, "iuf", "numbers")
+    _first_bad(~(np.abs(dense.astype(np.float64)) <= FLOAT32_MAX), "not a finite number within the float32 range")
+    return dense
+
+
+def _user_array(value: Any) -> list[Any]:
+    """User references as a list (ids are matched as Python strings or ints)."""
+    refs = _array(value, "iuUO", "user ids (strings or integers)")
+    out = refs.tolist()
+    if refs.dtype.kind == "O":
+        _first_bad(np.array([type(r) not in (str, int) for r in out]), "a user id must be a string or an integer")
+    return out
+
+
+def _view_array(names: tuple[str, ...], value: Any) -> list[str]:
+    views = _array(value, "UO", "view type names")
+    _first_bad(~np.isin(views, names), f"view type must be one of {', '.join(map(repr, names))}")
+    return views.tolist()
+
+
+# In-process requests may give `candidate_columns` as numpy arrays: validated whole, never per value.
+IdArray = Annotated[Any, PlainValidator(_id_array)]
+DenseArray = Annotated[Any, PlainValidator(_dense_array)]
+UserArray = Annotated[Any, PlainValidator(_user_array)]
+
+
+def request_adapter(schema: Schema, arrays: bool = False) -> TypeAdapter:
     """A validator for requests to a model with this (single-surface) schema.
 
     Features are typed per name (categorical: int64, dense: finite number); unknown extra features
-    are ignored, so one client payload can serve several surfaces.
+    are ignored, so one client payload can serve several surfaces. `arrays`: the `candidate_columns`
+    are 1-D numpy arrays (an in-process caller's), checked whole by dtype and value range.
     """
+    view_names = tuple(v for _, v in schema.view_keys)
+    view_types = Literal[view_names]
+    id_column, dense_column = (IdArray, DenseArray) if arrays else (list[CandidateId], list[Dense])
+    user_column = UserArray if arrays else list[UserId]
+    view_column = Annotated[Any, PlainValidator(partial(_view_array, view_names))] if arrays else list[view_types]
 
     def features(name: str, cat: tuple[str, ...], dense: tuple[str, ...], id_type: Any, columns: bool = False) -> type:
-        """One value per feature, or (`columns`) one list of values per feature."""
-        cat_t, dense_t = (list[id_type], list[Dense]) if columns else (id_type, Dense)
+        """One value per feature, or (`columns`) one list (or array) of values per feature."""
+        cat_t, dense_t = (id_column, dense_column) if columns else (id_type, Dense)
         return TypedDict(name, {**{n: cat_t for n in cat}, **{n: dense_t for n in dense}})
 
     user_features = features("UserFeatures", schema.user_cat, schema.user_dense, Int64)
@@ -89,7 +149,6 @@ def request_adapter(schema: Schema) -> TypeAdapter:
     )
     cand_features = features("CandidateFeatures", schema.cand_cat, schema.cand_dense, CandidateId)
     cand_columns = features("CandidateFeatureColumns", schema.cand_cat, schema.cand_dense, CandidateId, columns=True)
-    view_types = Literal[tuple(v for _, v in schema.view_keys)]
     # Functional syntax: the field types are local values, which class bodies (string annotations) can't see.
     user = TypedDict(  # noqa: UP013
         "User", {"id": UserId, "features": user_features, "sequence": NotRequired[sequence_in]}
@@ -98,7 +157,7 @@ def request_adapter(schema: Schema) -> TypeAdapter:
         "Candidate", {"user": UserId, "features": cand_features, "view_type": view_types}
     )
     columns = TypedDict(  # noqa: UP013
-        "CandidateColumns", {"user": list[UserId], "view_type": list[view_types], "features": cand_columns}
+        "CandidateColumns", {"user": user_column, "view_type": view_column, "features": cand_columns}
     )
     request = TypedDict(  # noqa: UP013
         "ScoreRequest",
@@ -217,6 +276,7 @@ class Scorer:
         self._task_cols = [i for i, on in enumerate(self.schema.task_mask[0]) if on]
         self.tasks = tuple(self.schema.tasks[i] for i in self._task_cols)
         self._adapter = request_adapter(self.schema)
+        self._array_adapter = request_adapter(self.schema, arrays=True)
         self._view_index = {v: k for k, (_, v) in enumerate(self.schema.view_keys)}
         self._task_mask = torch.tensor(self.schema.task_mask[0])  # which tasks apply on this surface
 
@@ -237,7 +297,8 @@ class Scorer:
         try:
             if isinstance(request, bytes | str):
                 return self._adapter.validate_json(request)
-            return self._adapter.validate_python(request)
+            adapter = self._array_adapter if _has_arrays(request) else self._adapter
+            return adapter.validate_python(request)
         except ValidationError as e:
             raise RequestError(_format_errors(e)) from None
 
@@ -406,6 +467,16 @@ def _runner(
     return forward
 
 
+def _has_arrays(request: Mapping[str, Any]) -> bool:
+    """Whether the request's `candidate_columns` hold numpy arrays (then all of them must)."""
+    columns = request.get("candidate_columns")
+    if not isinstance(columns, Mapping):
+        return False
+    features = columns.get("features")
+    values = [*columns.values(), *(features.values() if isinstance(features, Mapping) else ())]
+    return any(isinstance(v, np.ndarray) for v in values)
+
+
 def to_columns(request: Mapping[str, Any]) -> dict[str, Any]:
     """A request with `candidates` (one object each) rewritten with `candidate_columns` (one list per field)."""
     rows = request["candidates"]
@@ -432,18 +503,30 @@ def _cat_matrix(
 
     Raises RequestError naming `label.<feature>` for an id outside the int64 range.
     """
-    raw = np.empty((len(take), len(names)), dtype=np.int64)
-    for j, name in enumerate(names):
-        try:
-            raw[:, j] = np.asarray(columns[name], dtype=np.int64)[take]
-        except OverflowError:
-            raise RequestError(f"{label}.{name}: an id outside the int64 range") from None
-    return hash_ids(raw, np.asarray(sizes))  # one vectorised hash for every column (sizes broadcast per column)
+    if not names:
+        return np.empty((len(take), 0), dtype=np.int64)
+    try:
+        raw = np.array([columns[name] for name in names], dtype=np.int64)  # [F, N]: one conversion for all
+    except OverflowError:
+        name = next(n for n in names if not _fits_int64(columns[n]))
+        raise RequestError(f"{label}.{name}: an id outside the int64 range") from None
+    # one vectorised hash for every column (one size per column), then rows in `take` order
+    return hash_ids(raw, np.asarray(sizes)[:, None]).T.take(take, axis=0)
+
+
+def _fits_int64(values: Sequence[int]) -> bool:
+    try:
+        np.asarray(values, dtype=np.int64)
+    except OverflowError:
+        return False
+    return True
 
 
 def _codes(values: list[Any], code: Callable[[Any], int]) -> np.ndarray:
     """`[code(v) for v in values]` as int64, calling `code` once per distinct value (a request repeats a
     few users and view types over hundreds of candidates)."""
+    if values and values.count(values[0]) == len(values):  # one user, one view type: no dict per value
+        return np.full(len(values), code(values[0]), dtype=np.int64)
     table = {v: code(v) for v in set(values)}
     return np.fromiter(map(table.__getitem__, values), dtype=np.int64, count=len(values))
 
