@@ -278,7 +278,14 @@ class Scorer:
         self._adapter = request_adapter(self.schema)
         self._array_adapter = request_adapter(self.schema, arrays=True)
         self._view_index = {v: k for k, (_, v) in enumerate(self.schema.view_keys)}
-        self._task_mask = torch.tensor(self.schema.task_mask[0])  # which tasks apply on this surface
+        # Per-row tensors that are the same in every request (the one surface, no labels, the surface's
+        # tasks), made once for the largest request: a request takes views of its first rows.
+        tasks = len(self.schema.tasks)
+        self._row_constants = {
+            "surface": torch.zeros(max_candidates, dtype=torch.int64),
+            "labels": torch.zeros((max_candidates, tasks)),
+            "label_mask": torch.tensor(self.schema.task_mask[0]).expand(max_candidates, tasks),
+        }
 
     @classmethod
     def load(cls, export_dir: str | Path, **kwargs: Any) -> Scorer:
@@ -310,14 +317,14 @@ class Scorer:
         """Validate, encode and score a request."""
         enc = self.encode(self.parse(request))
         b = enc.batch
-        parts = []
-        for start in range(0, b.num_users, self.max_unique_users):  # rows are grouped by user: chunks are slices
-            users = torch.arange(start, min(start + self.max_unique_users, b.num_users))
-            chunk = b if len(users) == b.num_users else b.take_users(users)
-            parts.append(self.predict(chunk)[:, self._task_cols])
+        starts = range(0, b.num_users, self.max_unique_users)  # rows are grouped by user: chunks are slices
+        chunks = [b] if len(starts) == 1 else [
+            b.take_users(torch.arange(start, min(start + self.max_unique_users, b.num_users))) for start in starts
+        ]
+        parts = [self.predict(chunk)[:, self._task_cols] for chunk in chunks]
         probs = np.empty((b.num_rows, len(self.tasks)), dtype=np.float32)
         if parts:
-            probs[enc.order] = np.concatenate(parts)
+            probs[enc.order] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return ScoreResult(
             self.surface, self.version, self.tasks, probs, b.num_users, len(parts), enc.truncated_sequences,
             enc.dropped_events, enc.columnar,
@@ -353,18 +360,17 @@ class Scorer:
         view_key = _codes(view_types, self._view_index.__getitem__)[order]
         user_cat = _cat_matrix(user_cols, s.user_cat, s.user_cat_sizes, every_user, "users[].features")
         cand_cat = _cat_matrix(features, s.cand_cat, s.cand_cat_sizes, order, _candidate_field(columnar, "features"))
-        tasks = len(s.tasks)
         batch = Batch(
             user_cat=torch.from_numpy(user_cat),
             user_dense=torch.from_numpy(_dense_matrix(user_cols, s.user_dense, every_user)),
             **dict(zip(SEQUENCE_FIELDS, seq, strict=True)),
             cand_cat=torch.from_numpy(cand_cat),
             cand_dense=torch.from_numpy(_dense_matrix(features, s.cand_dense, order)),
-            surface=torch.zeros(n, dtype=torch.int64),
+            surface=self._row_constants["surface"][:n],
             view_key=torch.from_numpy(view_key),
             user_index=torch.from_numpy(user_index[order].astype(np.int64)),
-            labels=torch.zeros((n, tasks)),
-            label_mask=self._task_mask.expand(n, tasks),
+            labels=self._row_constants["labels"][:n],
+            label_mask=self._row_constants["label_mask"][:n],
         )
         return EncodedRequest(batch, order, truncated, dropped, columnar)
 
