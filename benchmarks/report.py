@@ -100,15 +100,18 @@ def broadcast(r: dict[str, Any]) -> str:
 def serving(r: dict[str, Any]) -> str:
     s = r["serving"]
     rows = []
+    arrays = s.get("in_process_numpy", {})  # runs before the numpy request form have none
     for name, t in s["in_process"].items():
         m = s["model_only"][name]
+        a = [f"{arrays[name]['p50_ms']:.2f}", f"{arrays[name]['p99_ms']:.2f}",
+             f"{s['in_process_numpy_x_floor'][name]:.1f}x"] if name in arrays else ["", "", ""]
         rows.append([
-            name, f"{t['p50_ms']:.2f}", f"{t['p99_ms']:.2f}", f"{s['in_process_x_floor'][name]:.1f}x",
+            name, f"{t['p50_ms']:.2f}", f"{t['p99_ms']:.2f}", f"{s['in_process_x_floor'][name]:.1f}x", *a,
             f"{m['p50_ms']:.2f}", f"{m['p99_ms']:.2f}", f"{s['model_only_x_floor'][name]:.1f}x",
             f"{s['setup_s'][name]:.1f}", f"{s['max_abs_diff_vs_eager_fp32'][name]:.0e}",
         ])
-    header = ["backend", "Scorer.score p50", "p99", "p99 / floor", "model p50", "model p99", "model p99 / floor",
-              "load s", "max abs diff"]
+    header = ["backend", "JSON: Scorer.score p50", "p99", "p99 / floor", "numpy columns: p50", "p99", "p99 / floor",
+              "model p50", "model p99", "model p99 / floor", "load s", "max abs diff"]
     stages = ", ".join(f"{k} {v['median_ms']:.2f} ms" for k, v in s["stages"].items())
     layouts = ", ".join(
         f"{k} p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms" for k, v in s.get("request_layouts", {}).items()
