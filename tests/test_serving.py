@@ -214,10 +214,13 @@ def test_request_needs_one_candidate_layout(client, request_body) -> None:
         (lambda r: r["users"].append(dict(r["users"][0])), 422, r"users\[\d+\].id: duplicate user id"),
         (lambda r: r["users"][0]["sequence"]["items"].append(1), 422,
          r"users\[0\].sequence: items, actions, timestamps_ms, seq_topic differ in length"),
+        (lambda r: (r["users"].insert(0, copy.deepcopy(r["users"][0]) | {"id": "idle"}),  # a user without candidates
+                    r["users"][1]["sequence"]["items"].append(1)), 422,
+         r"users\[1\].sequence: items, actions, timestamps_ms, seq_topic differ in length"),
         (lambda r: r["candidates"].extend(r["candidates"] * 5), 413, r"candidates: \d+ candidates, at most 200"),
     ],
     ids=["missing", "dense-type", "categorical-type", "beyond-int64", "view-type", "unknown-user", "bool-user",
-         "duplicate-user", "ragged-sequence", "too-many"],
+         "duplicate-user", "ragged-sequence", "ragged-sequence-after-idle-user", "too-many"],
 )
 def test_request_validation(client, request_body, mutate, status, message) -> None:
     req = copy.deepcopy(request_body)

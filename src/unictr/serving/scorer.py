@@ -356,7 +356,7 @@ class Scorer:
         user_cols = {name: [users[i]["features"][name] for i in used] for name in (*s.user_cat, *s.user_dense)}
         every_user = np.arange(len(used))
         req_ms = int(req.get("request_time_ms", time.time() * 1000))
-        seq, truncated, dropped = self._sequences([users[i] for i in used], req_ms)
+        seq, truncated, dropped = self._sequences(users, used, req_ms)
         view_key = _codes(view_types, self._view_index.__getitem__)[order]
         user_cat = _cat_matrix(user_cols, s.user_cat, s.user_cat_sizes, every_user, "users[].features")
         cand_cat = _cat_matrix(features, s.cand_cat, s.cand_cat_sizes, order, _candidate_field(columnar, "features"))
@@ -397,15 +397,15 @@ class Scorer:
         return cols["user"], cols["view_type"], cols["features"]
 
     def _sequences(
-        self, users: list[dict[str, Any]], req_ms: int
+        self, users: list[dict[str, Any]], used: np.ndarray, req_ms: int
     ) -> tuple[tuple[torch.Tensor, ...], int, int]:
-        """Padded sequence tensors of the given users, and how many were truncated / events dropped."""
+        """Padded sequence tensors of `users[used]`, and how many were truncated / events dropped."""
         spec = self.schema.sequence
         if spec is None:
-            return no_sequences(len(users)), 0, 0
+            return no_sequences(len(used)), 0, 0
         keys = ("items", "actions", "timestamps_ms", *spec.side_features)
-        seqs = [u.get("sequence") or dict.fromkeys(keys, ()) for u in users]
-        for i, q in enumerate(seqs):
+        seqs = [users[i].get("sequence") or dict.fromkeys(keys, ()) for i in used]
+        for i, q in zip(used.tolist(), seqs, strict=True):  # errors name the user's place in the request
             lens = tuple(len(q[k]) for k in keys)
             if len(set(lens)) > 1:
                 raise RequestError(f"users[{i}].sequence: {', '.join(keys)} differ in length {lens}")
