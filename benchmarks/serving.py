@@ -38,6 +38,9 @@ from unictr.train.loop import train
 
 USERS, CANDIDATES = 1, 500
 BLOCK = 20  # consecutive timed calls per variant and round: latency of one configuration (harness.compare)
+# Timed calls per variant. A p99 needs them: of 200 calls it is the second slowest, and one stall of the
+# shared machine (three slow calls in a row) moved it from 2.8 to 5.4 ms; of 1,000 it is the tenth.
+REPEATS = 1000
 SERVER_START_TIMEOUT_S = 600  # the compile backend compiles before it serves
 
 
@@ -128,7 +131,7 @@ def run(ctx: Context) -> dict[str, Any]:
     request = fixtures.make_request(fixtures.sim_data(ctx, ctx.pick(20_000, 3_000)), cfg, USERS, CANDIDATES)
     body = json.dumps(to_columns(request)).encode()  # candidate_columns: the layout for large requests
     row_body = json.dumps(request).encode()  # the same request, one object per candidate
-    repeats = ctx.pick(200, 5)
+    repeats = ctx.pick(REPEATS, 5)
 
     variants = _variants(ctx)
     scorers, setup_s = {}, {}
