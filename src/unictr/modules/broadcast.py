@@ -42,8 +42,12 @@ class BroadcastLinear(nn.Module):
         for w in (self.user.weight, self.cand.weight, self.cand.bias):
             nn.init.uniform_(w, -bound, bound)
 
+    def per_user(self, user: Tensor) -> Tensor:
+        """`[U, out]`: the user block and the bias, once per user (what every row of that user adds)."""
+        return self.user(user) + self.cand.bias
+
     def forward(self, user: Tensor, cand: Tensor, user_index: Tensor) -> Tensor:
-        u = self.user(user) + self.cand.bias  # [U, out]: the user block and the bias, once per user
+        u = self.per_user(user)
         if not one_user(u):  # with one user its row broadcasts: nothing is gathered
             u = torch.index_select(u, 0, user_index)
         # one GEMM that accumulates onto the user rows (no separate pass over [N, out] to add them)
