@@ -38,11 +38,11 @@ class UnifiedCTR(nn.Module):
         self.embedding = FusedEmbedding(owners, [cfg.hash_size(n) for n in owners], d)
         self.register_buffer("user_offsets", self._table_offsets(s.user_cat), persistent=False)
         self.register_buffer("cand_offsets", self._table_offsets(s.cand_cat), persistent=False)
-        self.trunk_cols = [i for i, n in enumerate(s.cand_cat) if n not in tower_feats]
-        self.tower_cols = [i for i, n in enumerate(s.cand_cat) if n in tower_feats]
-        # the same columns as index tensors: one gather each (list indexing exports as transpose-gather-transpose)
-        self.register_buffer("trunk_index", torch.tensor(self.trunk_cols, dtype=torch.int64), persistent=False)
-        self.register_buffer("tower_index", torch.tensor(self.tower_cols, dtype=torch.int64), persistent=False)
+        trunk_cols = [i for i, n in enumerate(s.cand_cat) if n not in tower_feats]
+        tower_cols = [i for i, n in enumerate(s.cand_cat) if n in tower_feats]
+        # as index tensors: one gather each (list indexing exports as transpose-gather-transpose)
+        self.register_buffer("trunk_index", torch.tensor(trunk_cols, dtype=torch.int64), persistent=False)
+        self.register_buffer("tower_index", torch.tensor(tower_cols, dtype=torch.int64), persistent=False)
         self.view_embedding = nn.Embedding(len(s.view_keys), d)
         self.user_dense = nn.Linear(len(s.user_dense), m.dense_hidden) if s.user_dense else None
         self.cand_dense = nn.Linear(len(s.cand_dense), m.dense_hidden) if s.cand_dense else None
@@ -65,12 +65,12 @@ class UnifiedCTR(nn.Module):
 
         user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
         user_dim += self.sequence.out_dim if self.sequence else 0
-        cand_dim = len(self.trunk_cols) * d + (m.dense_hidden if s.cand_dense else 0)
+        cand_dim = len(trunk_cols) * d + (m.dense_hidden if s.cand_dense else 0)
         cand_dim += d if self.sequence else 0
         # Explicit crosses: dot products among user fields, candidate trunk fields (and the sequence summary).
         self.interaction: DotInteraction | None = None
         if m.interaction:
-            fields = len(s.user_cat) + len(self.trunk_cols) + (1 if self.sequence else 0)
+            fields = len(s.user_cat) + len(trunk_cols) + (1 if self.sequence else 0)
             self.interaction = DotInteraction(fields)
             cand_dim += self.interaction.out_dim
 
@@ -83,8 +83,8 @@ class UnifiedCTR(nn.Module):
         self.projection = DCNv2Projection(tasks * m.mmoe.expert_dim, m.dcn.layers, m.dcn.rank, m.dcn.out_dim)
 
         # Towers: late fusion of the view type plus each surface's own tower features.
-        late_view = len(self.tower_cols)  # the view-type embedding is the last late column
-        tower_names = [s.cand_cat[i] for i in self.tower_cols]
+        late_view = len(tower_cols)  # the view-type embedding is the last late column
+        tower_names = [s.cand_cat[i] for i in tower_cols]
         if m.tower.per_surface:
             late_columns = [
                 [j for j, n in enumerate(tower_names) if sn in tower_feats[n]] + [late_view] for sn in s.surfaces
