@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -33,7 +32,7 @@ from unictr.config import with_changes
 from unictr.export import export_surface
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
-from unictr.serving.scorer import Scorer, to_columns
+from unictr.serving.scorer import Scorer, to_columns, to_numpy_columns
 from unictr.train.loop import train
 
 USERS, CANDIDATES = 1, 500
@@ -108,15 +107,6 @@ def _http(
     return summarize(seconds)
 
 
-def array_request(body: bytes) -> dict[str, Any]:
-    """The JSON request `body` (with `candidate_columns`) with its candidate columns as numpy arrays."""
-    request = json.loads(body)
-    columns = request["candidate_columns"]
-    columns["user"], columns["view_type"] = np.array(columns["user"]), np.array(columns["view_type"])
-    columns["features"] = {name: np.array(values) for name, values in columns["features"].items()}
-    return request
-
-
 def _live(client: httpx.Client, port: int) -> bool:
     try:
         live = client.get(f"http://127.0.0.1:{port}/healthz").json()["live"]
@@ -144,7 +134,7 @@ def run(ctx: Context) -> dict[str, Any]:
     max_diff = {name: float(abs(s.score(body).probabilities - reference).max()) for name, s in scorers.items()}
     scoring = {name: _on(variants[name][0], s.score, body) for name, s in scorers.items()}
     in_process = compare(ctx, scoring, repeats, block=BLOCK)
-    arrays = array_request(body)  # the same request from an in-process caller holding numpy columns
+    arrays = to_numpy_columns(json.loads(body))  # the same request as an in-process caller holds it
     with_arrays = compare(ctx, {name: _on(variants[name][0], s.score, arrays) for name, s in scorers.items()},
                           repeats, block=BLOCK)
 

@@ -24,7 +24,7 @@ from unictr.export import export_surface, load_surface_split, probabilities
 from unictr.serving.app import create_app
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
-from unictr.serving.scorer import RequestError, Scorer, to_columns
+from unictr.serving.scorer import RequestError, Scorer, to_columns, to_numpy_columns
 
 SURFACE = "search"
 
@@ -132,21 +132,12 @@ def test_columnar_request_validation(client, request_body, mutate, message) -> N
     assert re.search(message, response.json()["detail"]), response.json()["detail"]
 
 
-def numpy_columns(request_body: dict) -> dict:
-    """The request with its candidate columns as numpy arrays (an in-process caller's form)."""
-    req = to_columns(copy.deepcopy(request_body))
-    cols = req["candidate_columns"]
-    cols["user"], cols["view_type"] = np.array(cols["user"]), np.array(cols["view_type"])
-    cols["features"] = {name: np.array(values) for name, values in cols["features"].items()}
-    return req
-
-
 def test_numpy_columns_score_like_json(world, request_body) -> None:
     """Candidate columns as numpy arrays (any integer dtype for ids) give the JSON request's scores."""
     scorer = Scorer.load(world["v1"])
     body = to_columns(request_body)
     reference = scorer.score(json.dumps(body)).probabilities
-    req = numpy_columns(request_body)
+    req = to_numpy_columns(to_columns(request_body))
     np.testing.assert_array_equal(scorer.score(req).probabilities, reference)
     hours = np.arange(len(body["candidate_columns"]["user"])) % 24
     body["candidate_columns"]["features"]["hour"] = hours.tolist()
@@ -181,7 +172,7 @@ def test_numpy_columns_score_like_json(world, request_body) -> None:
          "short"],
 )
 def test_numpy_columns_validation(world, request_body, mutate, message) -> None:
-    req = numpy_columns(request_body)
+    req = to_numpy_columns(to_columns(request_body))
     mutate(req["candidate_columns"])
     with pytest.raises(RequestError, match=message):
         Scorer.load(world["v1"]).score(req)

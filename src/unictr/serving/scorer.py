@@ -495,6 +495,14 @@ def to_columns(request: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in request.items() if k != "candidates"} | {"candidate_columns": columns}
 
 
+def to_numpy_columns(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A `candidate_columns` request with its candidate columns as numpy arrays (the in-process form)."""
+    cols = request["candidate_columns"]
+    arrays = {"user": np.array(cols["user"]), "view_type": np.array(cols["view_type"])}
+    arrays["features"] = {name: np.array(values) for name, values in cols["features"].items()}
+    return {**request, "candidate_columns": arrays}
+
+
 def _candidate_field(columnar: bool, field: str, i: int | None = None) -> str:
     """How an error names candidate `i`'s `field` (every candidate's when `i` is None) in the request's layout."""
     if columnar:
