@@ -14,7 +14,7 @@ import pytest
 
 from unictr.config import load_config
 from unictr.data.errors import DataError
-from unictr.data.kuairand import convert_kuairand
+from unictr.data.kuairand import NUM_ACTIONS, convert_kuairand
 
 ROOT = Path(__file__).parents[1]
 DATA = (ROOT / ".." / "shared" / "data" / "kuairand").resolve()
@@ -111,7 +111,7 @@ def test_config_covers_the_output(converted):
     assert {t.label for t in cfg.tasks} <= names
     assert cfg.task_names == ["is_click", "long_view", "is_like"]
     assert cfg.sequence is not None and cfg.sequence.item_feature == "video_id"
-    assert cfg.sequence.num_actions >= 6 and cfg.sequence.max_len == MAX_LEN
+    assert cfg.sequence.num_actions >= NUM_ACTIONS and cfg.sequence.max_len == MAX_LEN
     views = {s.name: set(s.view_types) for s in cfg.surfaces}
     for split in ("train", "eval"):
         t = converted[split]
@@ -171,10 +171,12 @@ def test_no_sequence_event_at_or_after_the_impression(converted):
         for s in t["seq_ts"].to_pylist()[:5000]:
             assert s == sorted(s)  # oldest first
         actions = pc.list_flatten(t["seq_action"]).to_numpy()
-        assert actions.min() >= 0 and actions.max() < 6
+        assert actions.min() >= 0 and actions.max() < NUM_ACTIONS
 
 
-def _expected_sequence(user: int, first_t: int, log_rows: list[dict], hist: dict | None) -> list[tuple]:
+def _expected_sequence(
+    user: int, first_t: int, log_rows: list[dict], hist: dict | None, engaged_only: bool = False
+) -> list[tuple]:
     """Brute force: the documented sequence of `user` for a request first shown at `first_t`."""
     events = []  # (ts, source, order, item, action)
     if hist is not None:
@@ -195,8 +197,8 @@ def _expected_sequence(user: int, first_t: int, log_rows: list[dict], hist: dict
             act = 2 if o in lk else 1 if o in lw else 0
             events.append((last, 0, 1.0 + i, o[0], act))
     for i, r in enumerate(log_rows):
-        if r["user_id"] == user and (r["is_click"] or r["long_view"] or r["is_like"]):
-            act = 5 if r["is_like"] else 4 if r["long_view"] else 3
+        act = 5 if r["is_like"] else 4 if r["long_view"] else 3 if r["is_click"] else 6
+        if r["user_id"] == user and not (engaged_only and act == 6):
             events.append((r["time_ms"], 1, float(i), r["video_id"], act))
     events = [e for e in events if e[0] < first_t]
     events.sort(key=lambda e: (e[0], e[1], e[2]))
@@ -228,13 +230,14 @@ def test_sequences_equal_the_strictly_earlier_actions(converted, raw_log):
     assert checked > 100
 
 
-def test_log_events_in_sequence_are_exactly_the_earlier_engagements(converted, raw_log):
+def test_log_events_in_sequence_are_exactly_the_earlier_impressions(converted, raw_log):
     """Independent of the history encoding: the log-derived tail of each sequence (actions >= 3) is the
-    user's engaged impressions strictly before the request (when the sequence is not full)."""
-    engaged = defaultdict(list)
+    user's impressions strictly before the request (when the sequence is not full), each with its
+    strongest engagement, 6 for none."""
+    earlier = defaultdict(list)
     for r in raw_log:
-        if r["is_click"] or r["long_view"] or r["is_like"]:
-            engaged[r["user_id"]].append((r["time_ms"], r["video_id"]))
+        act = 5 if r["is_like"] else 4 if r["long_view"] else 3 if r["is_click"] else 6
+        earlier[r["user_id"]].append((r["time_ms"], r["video_id"], act))
     t = converted["eval"]
     rows = _rows(t.slice(0, 3000))
     first_of = {}
@@ -244,8 +247,8 @@ def test_log_events_in_sequence_are_exactly_the_earlier_engagements(converted, r
         if len(r["seq_item"]) == MAX_LEN:
             continue
         seq = zip(r["seq_item"], r["seq_action"], r["seq_ts"], strict=True)
-        got = [(ts, it) for it, a, ts in seq if a >= 3]
-        want = sorted(e for e in engaged[r["user_id"]] if e[0] < first_of[r["request_id"]])
+        got = [(ts, it, a) for it, a, ts in seq if a >= 3]
+        want = sorted(e for e in earlier[r["user_id"]] if e[0] < first_of[r["request_id"]])
         assert sorted(got) == want
 
 
@@ -390,6 +393,30 @@ def test_surface_override_and_no_history(tmp_path):
     actions = pc.list_flatten(t["seq_action"]).to_numpy()
     assert actions.size == 0 or actions.min() >= 3  # no history events without a history file
     assert pc.list_value_length(t["seq_item"]).to_numpy().max() <= 8
+
+
+@needs_data
+def test_engaged_only_sequences(tmp_path):
+    """`engaged_only`: each sequence is exactly the brute-force one without the unengaged impressions."""
+    log = _head(tmp_path, 3000, step=30)
+    with log.open(newline="") as f:
+        raw = [{k: int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    convert_kuairand([log], USERS, VIDEOS, None, EVAL_FROM, tmp_path / "all", max_seq_len=MAX_LEN)
+    meta = convert_kuairand(
+        [log], USERS, VIDEOS, None, EVAL_FROM, tmp_path / "engaged", max_seq_len=MAX_LEN, engaged_only=True
+    )
+    assert meta["engaged_only"] is True
+    actions = {}
+    for name in ("all", "engaged"):
+        rows = _rows(pq.read_table(tmp_path / name / "eval" / "part-00000.parquet"))
+        first_of: dict[int, int] = {}
+        for r in rows:
+            first_of[r["request_id"]] = min(first_of.get(r["request_id"], r["timestamp"]), r["timestamp"])
+        for r in rows:
+            got = list(zip(r["seq_item"], r["seq_action"], r["seq_ts"], strict=True))
+            assert got == _expected_sequence(r["user_id"], first_of[r["request_id"]], raw, None, name == "engaged")
+        actions[name] = {a for r in rows for a in r["seq_action"]}
+    assert 6 in actions["all"] and actions["engaged"] <= {3, 4, 5}
 
 
 @needs_data

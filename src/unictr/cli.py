@@ -354,6 +354,9 @@ def data_kuairand(
     eval_from: str = typer.Option(..., help="First eval day, YYYY-MM-DD (earlier log days are train)."),
     eval_until: str | None = typer.Option(None, help="First day left out entirely (e.g. a validation split)."),
     max_seq_len: int = typer.Option(64, help="Newest sequence events kept per request."),
+    engaged_only: bool = typer.Option(
+        False, "--engaged-only", help="Sequences hold only engaged impressions (default: every earlier impression)."
+    ),
     out: Path = typer.Option(..., help="Output data directory (train/, eval/, meta.json)."),
 ) -> None:
     """Convert the official KuaiRand-Pure files into canonical Parquet (train before --eval-from, eval after)."""
@@ -367,7 +370,7 @@ def data_kuairand(
     try:
         meta = convert_kuairand(
             [*logs, *map(Path, ctx.args)], users, videos, history, eval_from, out,
-            max_seq_len=max_seq_len, eval_until=eval_until,
+            max_seq_len=max_seq_len, eval_until=eval_until, engaged_only=engaged_only,
         )
     except DataError as e:
         _fail(str(e))
