@@ -178,7 +178,8 @@ def run(ctx: Context) -> dict[str, Any]:
         registry = Registry(ctx.workdir / "registry")
         version = registry.publish(fixtures.SURFACE, export)
         registry.promote(fixtures.SURFACE, version, force=True)
-        for name in dict.fromkeys(["eager_fp32", best]):
+        # eager, the fastest, and the configuration docs/performance.md advises (one thread per server process)
+        for name in dict.fromkeys(n for n in ("eager_fp32", best, "onnx_fp32_1_thread") if n in variants):
             http[name] = _http(ctx, registry.root, variants[name], body, repeats)
     ctx.log(
         f"serving 1x500 in-process: fastest {best} p50 {in_process[best]['p50_ms']:.2f} ms, "

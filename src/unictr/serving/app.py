@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter
 
 from unictr.checkpoint import CheckpointError
 from unictr.serving.metrics import ServingMetrics
@@ -32,6 +33,9 @@ from unictr.serving.scorer import RequestError, Scorer, ScoreResult
 log = logging.getLogger("unictr.serving")
 
 DEFAULT_MAX_BODY_BYTES = 8 << 20
+# The answer's JSON bytes, written by pydantic's core: 0.05 ms for 500 candidates x 3 tasks, against 0.5 ms
+# for the standard library's encoder behind `JSONResponse` (docs/performance.md); the same JSON values.
+ANSWER_JSON = TypeAdapter(dict[str, Any])
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,7 @@ def create_app(
     app.state.metrics = metrics
 
     @app.post("/v1/surfaces/{surface}/score")
-    async def score(surface: str, request: Request) -> JSONResponse:
+    async def score(surface: str, request: Request) -> Response:
         """Probabilities per task for every candidate of the request (format: docs/serving.md)."""
         start = time.perf_counter()
         models = store.get(surface)
@@ -242,7 +246,7 @@ def create_app(
         metrics.observe_score(result, time.perf_counter() - start)
         if models.shadow is not None:
             shadow.submit(models.shadow, body, result)
-        return JSONResponse(result.to_json())
+        return Response(ANSWER_JSON.dump_json(result.to_json()), media_type="application/json")
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
