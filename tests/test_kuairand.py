@@ -174,6 +174,11 @@ def test_no_sequence_event_at_or_after_the_impression(converted):
         assert actions.min() >= 0 and actions.max() < NUM_ACTIONS
 
 
+def _log_action(r: dict) -> int:
+    """The documented action of a log row's event: its strongest engagement, 6 for none."""
+    return 5 if r["is_like"] else 4 if r["long_view"] else 3 if r["is_click"] else 6
+
+
 def _expected_sequence(
     user: int, first_t: int, log_rows: list[dict], hist: dict | None, engaged_only: bool = False
 ) -> list[tuple]:
@@ -197,7 +202,7 @@ def _expected_sequence(
             act = 2 if o in lk else 1 if o in lw else 0
             events.append((last, 0, 1.0 + i, o[0], act))
     for i, r in enumerate(log_rows):
-        act = 5 if r["is_like"] else 4 if r["long_view"] else 3 if r["is_click"] else 6
+        act = _log_action(r)
         if r["user_id"] == user and not (engaged_only and act == 6):
             events.append((r["time_ms"], 1, float(i), r["video_id"], act))
     events = [e for e in events if e[0] < first_t]
@@ -236,8 +241,7 @@ def test_log_events_in_sequence_are_exactly_the_earlier_impressions(converted, r
     strongest engagement, 6 for none."""
     earlier = defaultdict(list)
     for r in raw_log:
-        act = 5 if r["is_like"] else 4 if r["long_view"] else 3 if r["is_click"] else 6
-        earlier[r["user_id"]].append((r["time_ms"], r["video_id"], act))
+        earlier[r["user_id"]].append((r["time_ms"], r["video_id"], _log_action(r)))
     t = converted["eval"]
     rows = _rows(t.slice(0, 3000))
     first_of = {}

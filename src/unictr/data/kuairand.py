@@ -566,14 +566,14 @@ def _events(
         [log["is_like"] == 1, log["long_view"] == 1, log["is_click"] == 1], [ACT_LIKE, ACT_LONG_VIEW, ACT_CLICK],
         ACT_IMPRESSION,
     )
-    keep = act != ACT_IMPRESSION if engaged_only else np.ones(len(act), dtype=bool)
+    logged = act != ACT_IMPRESSION if engaged_only else np.ones(len(act), dtype=bool)  # rows that become events
     ev = {
-        "user": log["user_id"][keep],
-        "item": log["video_id"][keep],
-        "ts": log["time_ms"][keep],
-        "action": act[keep].astype(np.int64),
-        "source": np.ones(int(keep.sum()), dtype=np.int64),
-        "order": np.flatnonzero(keep).astype(np.float64),  # stable among equal times
+        "user": log["user_id"][logged],
+        "item": log["video_id"][logged],
+        "ts": log["time_ms"][logged],
+        "action": act[logged].astype(np.int64),
+        "source": np.ones(int(logged.sum()), dtype=np.int64),
+        "order": np.flatnonzero(logged).astype(np.float64),  # stable among equal times
     }
     if history is not None:
         keep = np.isin(history["user"], np.unique(log["user_id"]))
