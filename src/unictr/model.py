@@ -40,8 +40,10 @@ class UnifiedCTR(nn.Module):
         self.register_buffer("cand_offsets", self._table_offsets(s.cand_cat), persistent=False)
         trunk_cols = [i for i, n in enumerate(s.cand_cat) if n not in tower_feats]
         tower_cols = [i for i, n in enumerate(s.cand_cat) if n in tower_feats]
-        # as index tensors: one gather each (list indexing exports as transpose-gather-transpose)
-        self.register_buffer("trunk_index", torch.tensor(trunk_cols, dtype=torch.int64), persistent=False)
+        # as index tensors: one gather each (list indexing exports as transpose-gather-transpose); none for
+        # the trunk when it takes every column (a surface export without tower features: nothing to copy)
+        every = trunk_cols == list(range(len(s.cand_cat)))
+        self.register_buffer("trunk_index", None if every else torch.tensor(trunk_cols), persistent=False)
         self.register_buffer("tower_index", torch.tensor(tower_cols, dtype=torch.int64), persistent=False)
         self.view_embedding = nn.Embedding(len(s.view_keys), d)
         self.user_dense = nn.Linear(len(s.user_dense), m.dense_hidden) if s.user_dense else None
@@ -137,7 +139,7 @@ class UnifiedCTR(nn.Module):
         user_vec = torch.cat(user_parts, dim=1)
 
         # 3. Candidate side, per impression; the target attention is where user meets candidate.
-        trunk_emb = cand_emb.index_select(1, self.trunk_index)
+        trunk_emb = cand_emb if self.trunk_index is None else cand_emb.index_select(1, self.trunk_index)
         cand_parts = [trunk_emb.flatten(1)]
         if self.cand_dense is not None:
             cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
@@ -159,7 +161,9 @@ class UnifiedCTR(nn.Module):
         z = self.projection(experts.flatten(1))
 
         # 5. Per-surface towers with late fusion (tower features + view type).
-        late = torch.cat([cand_emb.index_select(1, self.tower_index), self.view_embedding(b.view_key)[:, None]], dim=1)
+        late = self.view_embedding(b.view_key)[:, None]  # the view type, after the tower features if any
+        if self.tower_index.numel():
+            late = torch.cat([cand_emb.index_select(1, self.tower_index), late], dim=1)
         logits = self.towers(z, late, b.surface)
 
         # 6. Learned calibration per (key, task), then the post-hoc fit per (view key, task).

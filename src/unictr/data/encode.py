@@ -16,12 +16,12 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser, vectorised; uint64 arithmetic wraps by design."""
-    with np.errstate(over="ignore"):
-        z = x + _GOLDEN
-        z = (z ^ (z >> np.uint64(30))) * _M1
-        z = (z ^ (z >> np.uint64(27))) * _M2
-        return z ^ (z >> np.uint64(31))
+    """splitmix64 finaliser, vectorised, on an array of at least one dimension: uint64 array arithmetic
+    wraps by design, silently (only numpy scalars warn on overflow)."""
+    z = x + _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
 
 
 def hash_ids(values: np.ndarray, size: int | np.ndarray) -> np.ndarray:
@@ -29,8 +29,8 @@ def hash_ids(values: np.ndarray, size: int | np.ndarray) -> np.ndarray:
 
     `size` may be an array that broadcasts against `values` (e.g. one size per column of a matrix).
     """
-    raw = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)
-    return (_splitmix64(raw) % np.asarray(size, dtype=np.uint64)).astype(np.int64)
+    raw = np.ascontiguousarray(values, dtype=np.int64).view(np.uint64)  # at least 1-D
+    return (_splitmix64(raw) % np.asarray(size, dtype=np.uint64)).view(np.int64)  # rows < size < 2**63
 
 
 def hash_strings(values: list[str] | np.ndarray) -> np.ndarray:

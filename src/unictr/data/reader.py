@@ -163,7 +163,7 @@ def _dense_matrix(table: pa.Table, names: tuple[str, ...] | list[str], source: s
 
 
 def _list_column(table: pa.Table, name: str, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets[N+1], values) of a list<int> column."""
+    """(offsets[N+1] from 0, values of any integer type) of a list<int> column."""
     col = _column(table, name, source)
     if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or not pa.types.is_integer(
         col.type.value_type
@@ -173,8 +173,8 @@ def _list_column(table: pa.Table, name: str, source: str) -> tuple[np.ndarray, n
     if arr.null_count:
         raise DataError(f"{source}: column {name!r} has null lists (use empty lists)")
     offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.values.to_numpy().astype(np.int64)
-    return offsets, values
+    values = arr.values.to_numpy()[offsets[0] : offsets[-1]]  # zero-copy; the caller converts once
+    return offsets - offsets[0], values
 
 
 def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str) -> SequenceTensors:
@@ -183,13 +183,15 @@ def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.n
         return no_sequences(len(starts))
     spec = schema.sequence
     cols = [spec.item_column, spec.action_column, spec.time_column, *spec.side_features]
-    parts = [_list_column(table, c, source) for c in cols]
-    off = parts[0][0]
-    for c, (o, _) in zip(cols[1:], parts[1:], strict=True):
+    off, events = _list_column(table, cols[0], source)
+    stacked = np.empty((len(cols), len(events)), dtype=np.int64)  # one row per column, filled in place
+    stacked[0] = events
+    for k, c in enumerate(cols[1:], start=1):
+        o, values = _list_column(table, c, source)
         if not np.array_equal(o, off):
             raise DataError(f"{source}: sequence column {c!r} has lists of other lengths than {cols[0]!r}")
-    items, actions, times, *sides = (v for _, v in parts)
-    return pad_sequences(off[starts], off[starts + 1], items, actions, times, req_ts, schema, source, sides)
+        stacked[k] = values
+    return pad_sequences(off[starts], off[starts + 1], stacked, req_ts, schema, source)
 
 
 SequenceTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -203,20 +205,14 @@ def no_sequences(users: int) -> SequenceTensors:
 
 
 def pad_sequences(
-    lo: np.ndarray,
-    hi: np.ndarray,
-    items: np.ndarray,
-    actions: np.ndarray,
-    times: np.ndarray,
-    req_ts: np.ndarray,
-    schema: Schema,
-    source: str,
-    sides: list[np.ndarray] | tuple[np.ndarray, ...] = (),
+    lo: np.ndarray, hi: np.ndarray, events: np.ndarray, req_ts: np.ndarray, schema: Schema, source: str
 ) -> SequenceTensors:
-    """Left-padded item `[U, L]`, side `[U, L, Ks]`, action, age and mask `[U, L]` tensors from flat event arrays.
+    """Left-padded item `[U, L]`, side `[U, L, Ks]`, action, age and mask `[U, L]` tensors from flat events.
 
-    User u's events are `items/actions/times/sides[k][lo[u]:hi[u]]`, oldest first; the newest L are
-    kept, the newest at L-1. Shared by the reader and the serving request encoder so both encode alike.
+    `events` is `[3 + Ks, E]` int64: rows item, action, time (ms) and each side column. User u's events
+    are columns `lo[u]:hi[u]`, oldest first; the newest L are kept, the newest at L-1. Shared by the
+    reader and the serving request encoder so both encode alike; every row is gathered, masked and
+    hashed by one call each (a serving request is one user: the calls, not the data, are its cost).
     """
     spec = schema.sequence
     assert spec is not None
@@ -224,20 +220,18 @@ def pad_sequences(
     pos = hi[:, None] - length + np.arange(length)[None, :]  # newest event lands at L-1
     mask = pos >= lo[:, None]
     safe = np.where(mask, pos, 0)
-    items, actions, times = (v[safe] if len(v) else np.zeros_like(safe) for v in (items, actions, times))
-    age_ms = req_ts[:, None] - times
+    ev = events[:, safe] if events.shape[1] else np.zeros((len(events), *safe.shape), dtype=np.int64)  # [K, U, L]
+    age_ms = req_ts[:, None] - ev[2]
     if (age_ms[mask] <= 0).any():
         raise DataError(f"{source}: column {spec.time_column!r} holds an event at or after its row's timestamp")
-    age_s = age_ms / 1000.0
-    items = np.where(mask, hash_ids(items.reshape(-1), schema.item_hash_size).reshape(items.shape), 0)
-    side = np.zeros((*mask.shape, len(sides)), dtype=np.int64)
-    for k, (values, size) in enumerate(zip(sides, schema.seq_side_sizes, strict=True)):
-        gathered = values[safe] if len(values) else np.zeros_like(safe)
-        side[..., k] = np.where(mask, hash_ids(gathered.reshape(-1), size).reshape(mask.shape), 0)
+    # item and side ids hashed by one call, each row with its table's size: [1 + Ks, U, L]
+    ids = ev[[0, *range(3, len(ev))]]
+    sizes = np.array([schema.item_hash_size, *schema.seq_side_sizes])[:, None, None]
+    ids = np.where(mask, hash_ids(ids, sizes), 0)
     return (
-        torch.from_numpy(items),
-        torch.from_numpy(side),
-        torch.from_numpy(np.where(mask, actions % spec.num_actions, 0)),
-        torch.from_numpy(np.where(mask, age_s, 0.0).astype(np.float32)),
+        torch.from_numpy(ids[0]),
+        torch.from_numpy(np.ascontiguousarray(np.moveaxis(ids[1:], 0, -1))),
+        torch.from_numpy(np.where(mask, ev[1] % spec.num_actions, 0)),
+        torch.from_numpy(np.where(mask, age_ms / 1000.0, 0.0).astype(np.float32)),
         torch.from_numpy(mask),
     )

@@ -29,7 +29,8 @@ class SurfaceTower(nn.Module):
 class TowerTree(nn.Module):
     """One tower per surface, each run only on its own rows (index-select, not masking).
 
-    `late_columns[i]` lists which columns of the late-feature tensor tower `i` fuses. With a single
+    `late_columns[i]` lists which columns of the late-feature tensor tower `i` fuses (every column is
+    some tower's, so the tensor has `1 + max` of them). With a single
     tower every row is its row, so no selection happens (the exported-surface and shared-tower case).
     `tower_of_surface` maps a surface index to its tower.
     """
@@ -47,14 +48,17 @@ class TowerTree(nn.Module):
         self.towers = nn.ModuleList(
             SurfaceTower(in_dim, len(cols) * late_dim, hidden, tasks) for cols in late_columns
         )
+        fields = 1 + max(max(cols) for cols in late_columns)  # every late column is some tower's
         for i, cols in enumerate(late_columns):  # index tensors: one gather each (list indexing exports as three nodes)
-            self.register_buffer(f"late_index_{i}", torch.tensor(cols, dtype=torch.int64), persistent=False)
+            every = cols == list(range(fields))  # all columns in order: no gather
+            self.register_buffer(f"late_index_{i}", None if every else torch.tensor(cols), persistent=False)
         self.register_buffer("tower_of_surface", torch.tensor(tower_of_surface, dtype=torch.int64), persistent=False)
         self.tasks = tasks
 
     def _late(self, late: Tensor, tower: int) -> Tensor:
         """The late-feature columns tower `tower` fuses, flattened: `[rows, len(cols) * D]`."""
-        return late.index_select(1, getattr(self, f"late_index_{tower}")).flatten(1)
+        index = getattr(self, f"late_index_{tower}")
+        return (late if index is None else late.index_select(1, index)).flatten(1)
 
     def forward(self, z: Tensor, late: Tensor, surface: Tensor) -> Tensor:
         """z `[N, P]`, late `[N, F_late, D]`, surface `[N]` → logits `[N, tasks]`."""

@@ -111,10 +111,14 @@ def _user_array(value: Any) -> list[Any]:
     return out
 
 
-def _view_array(names: tuple[str, ...], value: Any) -> list[str]:
+def _view_codes(names: tuple[str, ...], value: Any) -> np.ndarray:
+    """View-type names as their positions in `names` (the schema's view keys), int64, checked whole."""
     views = _array(value, "UO", "view type names")
-    _first_bad(~np.isin(views, names), f"view type must be one of {', '.join(map(repr, names))}")
-    return views.tolist()
+    codes = np.full(len(views), -1, dtype=np.int64)
+    for k, name in enumerate(names):  # a surface's few view types, each one comparison over the column
+        codes[views == name] = k
+    _first_bad(codes < 0, f"view type must be one of {', '.join(map(repr, names))}")
+    return codes
 
 
 # In-process requests may give `candidate_columns` as numpy arrays: validated whole, never per value.
@@ -134,7 +138,7 @@ def request_adapter(schema: Schema, arrays: bool = False) -> TypeAdapter:
     view_types = Literal[view_names]
     id_column, dense_column = (IdArray, DenseArray) if arrays else (list[CandidateId], list[Dense])
     user_column = UserArray if arrays else list[UserId]
-    view_column = Annotated[Any, PlainValidator(partial(_view_array, view_names))] if arrays else list[view_types]
+    view_column = Annotated[Any, PlainValidator(partial(_view_codes, view_names))] if arrays else list[view_types]
 
     def features(name: str, cat: tuple[str, ...], dense: tuple[str, ...], id_type: Any, columns: bool = False) -> type:
         """One value per feature, or (`columns`) one list (or array) of values per feature."""
@@ -222,10 +226,11 @@ class ScoreResult:
 
 @dataclass(frozen=True)
 class EncodedRequest:
-    """A request as a `Batch` whose rows are grouped by user; `order[i]` is row i's candidate index."""
+    """A request as a `Batch` whose rows are grouped by user; `order[i]` is row i's candidate index
+    (`slice(0, N)` when the request order already is: one user)."""
 
     batch: Batch
-    order: np.ndarray
+    order: np.ndarray | slice
     truncated_sequences: int
     dropped_events: int
     columnar: bool
@@ -351,13 +356,16 @@ class Scorer:
         referenced[ref] = True
         used = np.flatnonzero(referenced)  # users with candidates, in request order
         user_index = (np.cumsum(referenced) - 1)[ref]
-        order = np.argsort(user_index, kind="stable")  # rows grouped by user, request order within a user
+        # rows grouped by user, request order within a user; one user's rows already are (no copies)
+        order = np.argsort(user_index, kind="stable") if len(used) > 1 else slice(0, n)
         s = self.schema
         user_cols = {name: [users[i]["features"][name] for i in used] for name in (*s.user_cat, *s.user_dense)}
         every_user = np.arange(len(used))
         req_ms = int(req.get("request_time_ms", time.time() * 1000))
         seq, truncated, dropped = self._sequences(users, used, req_ms)
-        view_key = _codes(view_types, self._view_index.__getitem__)[order]
+        if not isinstance(view_types, np.ndarray):  # numpy requests arrive coded (`_view_codes`)
+            view_types = _codes(view_types, self._view_index.__getitem__)
+        view_key = view_types[order]
         user_cat = _cat_matrix(user_cols, s.user_cat, s.user_cat_sizes, every_user, "users[].features")
         cand_cat = _cat_matrix(features, s.cand_cat, s.cand_cat_sizes, order, _candidate_field(columnar, "features"))
         batch = Batch(
@@ -368,7 +376,7 @@ class Scorer:
             cand_dense=torch.from_numpy(_dense_matrix(features, s.cand_dense, order)),
             surface=self._row_constants["surface"][:n],
             view_key=torch.from_numpy(view_key),
-            user_index=torch.from_numpy(user_index[order].astype(np.int64)),
+            user_index=torch.from_numpy(user_index[order].astype(np.int64, copy=False)),
             labels=self._row_constants["labels"][:n],
             label_mask=self._row_constants["label_mask"][:n],
         )
@@ -411,24 +419,20 @@ class Scorer:
                 raise RequestError(f"users[{i}].sequence: {', '.join(keys)} differ in length {lens}")
         counts = np.array([len(q["items"]) for q in seqs], dtype=np.int64)
         total = int(counts.sum())
-
-        def flat(key: str) -> np.ndarray:
-            return np.fromiter(itertools.chain.from_iterable(q[key] for q in seqs), dtype=np.int64, count=total)
-
-        items, actions, times = flat("items"), flat("actions"), flat("timestamps_ms")
-        sides = [flat(k) for k in spec.side_features]
+        # every event list in one conversion: [keys, events], one row per key, users in order along it
+        rows = itertools.chain.from_iterable(q[k] for k in keys for q in seqs)
+        events = np.fromiter(rows, dtype=np.int64, count=len(keys) * total).reshape(len(keys), total)
         owner = np.repeat(np.arange(len(seqs)), counts)
-        keep = times < req_ms
-        owner, items, actions, times = owner[keep], items[keep], actions[keep], times[keep]
-        sides = [v[keep] for v in sides]
-        by_time = np.lexsort((times, owner))  # per user, oldest first (stable)
+        keep = events[2] < req_ms
+        dropped = total - int(np.count_nonzero(keep))
+        if dropped:
+            events, owner = events[:, keep], owner[keep]
+        events = events[:, np.lexsort((events[2], owner))]  # per user, oldest first (stable)
         counts = np.bincount(owner, minlength=len(seqs))
         hi = np.cumsum(counts)
-        tensors = pad_sequences(
-            hi - counts, hi, items[by_time], actions[by_time], times[by_time],
-            np.full(len(seqs), req_ms, dtype=np.int64), self.schema, "request", [v[by_time] for v in sides],
-        )
-        return tensors, int((counts > spec.max_len).sum()), int((~keep).sum())
+        tensors = pad_sequences(hi - counts, hi, events, np.full(len(seqs), req_ms, dtype=np.int64), self.schema,
+                                "request")
+        return tensors, int((counts > spec.max_len).sum()), dropped
 
 
 def _runner(
@@ -511,21 +515,30 @@ def _candidate_field(columnar: bool, field: str, i: int | None = None) -> str:
 
 
 def _cat_matrix(
-    columns: Mapping[str, Sequence[int]], names: tuple[str, ...], sizes: tuple[int, ...], take: np.ndarray, label: str
+    columns: Mapping[str, Sequence[int]],
+    names: tuple[str, ...],
+    sizes: tuple[int, ...],
+    take: np.ndarray | slice,
+    label: str,
 ) -> np.ndarray:
     """Hashed ids `[len(take), len(names)]`: each named column's values at the positions `take`.
 
     Raises RequestError naming `label.<feature>` for an id outside the int64 range.
     """
     if not names:
-        return np.empty((len(take), 0), dtype=np.int64)
+        return np.empty((_rows(take), 0), dtype=np.int64)
     try:
         raw = np.array([columns[name] for name in names], dtype=np.int64)  # [F, N]: one conversion for all
     except OverflowError:
         name = next(n for n in names if not _fits_int64(columns[n]))
         raise RequestError(f"{label}.{name}: an id outside the int64 range") from None
     # one vectorised hash for every column (one size per column), then rows in `take` order
-    return hash_ids(raw, np.asarray(sizes)[:, None]).T.take(take, axis=0)
+    return np.ascontiguousarray(hash_ids(raw, np.asarray(sizes)[:, None]).T[take])
+
+
+def _rows(take: np.ndarray | slice) -> int:
+    """How many rows the positions `take` select (a slice here is `slice(0, n)`)."""
+    return take.stop if isinstance(take, slice) else len(take)
 
 
 def _fits_int64(values: Sequence[int]) -> bool:
@@ -545,9 +558,11 @@ def _codes(values: list[Any], code: Callable[[Any], int]) -> np.ndarray:
     return np.fromiter(map(table.__getitem__, values), dtype=np.int64, count=len(values))
 
 
-def _dense_matrix(columns: Mapping[str, Sequence[float]], names: tuple[str, ...], take: np.ndarray) -> np.ndarray:
+def _dense_matrix(
+    columns: Mapping[str, Sequence[float]], names: tuple[str, ...], take: np.ndarray | slice
+) -> np.ndarray:
     """Dense values `[len(take), len(names)]` (float32): each named column's values at the positions `take`."""
-    out = np.empty((len(take), len(names)), dtype=np.float32)
+    out = np.empty((_rows(take), len(names)), dtype=np.float32)
     for j, name in enumerate(names):
         out[:, j] = np.asarray(columns[name], dtype=np.float64)[take]
     return out
