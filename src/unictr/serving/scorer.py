@@ -411,23 +411,25 @@ class Scorer:
         spec = self.schema.sequence
         if spec is None:
             return no_sequences(len(used)), 0, 0
-        keys = ("items", "actions", "timestamps_ms", *spec.side_features)
-        seqs = [users[i].get("sequence") or dict.fromkeys(keys, ()) for i in used]
+        names = ("items", "actions", "timestamps_ms", *spec.side_features)  # as the request gives them
+        seqs = [users[i].get("sequence") or dict.fromkeys(names, ()) for i in used]
         for i, q in zip(used.tolist(), seqs, strict=True):  # errors name the user's place in the request
-            lens = tuple(len(q[k]) for k in keys)
+            lens = tuple(len(q[k]) for k in names)
             if len(set(lens)) > 1:
-                raise RequestError(f"users[{i}].sequence: {', '.join(keys)} differ in length {lens}")
+                raise RequestError(f"users[{i}].sequence: {', '.join(names)} differ in length {lens}")
         counts = np.array([len(q["items"]) for q in seqs], dtype=np.int64)
         total = int(counts.sum())
-        # every event list in one conversion: [keys, events], one row per key, users in order along it
+        # every event list in one conversion: [keys, events], one row per key (pad_sequences' order), users
+        # in order along it
+        keys = ("items", *spec.side_features, "actions", "timestamps_ms")
         rows = itertools.chain.from_iterable(q[k] for k in keys for q in seqs)
         events = np.fromiter(rows, dtype=np.int64, count=len(keys) * total).reshape(len(keys), total)
         owner = np.repeat(np.arange(len(seqs)), counts)
-        keep = events[2] < req_ms
+        keep = events[-1] < req_ms
         dropped = total - int(np.count_nonzero(keep))
         if dropped:
             events, owner = events[:, keep], owner[keep]
-        events = events[:, np.lexsort((events[2], owner))]  # per user, oldest first (stable)
+        events = events[:, np.lexsort((events[-1], owner))]  # per user, oldest first (stable)
         counts = np.bincount(owner, minlength=len(seqs))
         hi = np.cumsum(counts)
         tensors = pad_sequences(hi - counts, hi, events, np.full(len(seqs), req_ms, dtype=np.int64), self.schema,
