@@ -6,6 +6,7 @@ impression (N); `user_index[N]` maps each impression to its user. See docs/data.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -95,6 +96,12 @@ class Batch:
     labels: Tensor  # [N, T] float32
     label_mask: Tensor  # [N, T] bool
     p_true: Tensor | None = None  # [N, T] float32
+
+    @classmethod
+    def from_numpy(cls, arrays: Mapping[str, np.ndarray | None]) -> Batch:
+        """The Batch over numpy arrays already in its layout (one per field, e.g. an encoded request's):
+        tensors that share their memory, nothing copied."""
+        return cls(**{name: None if v is None else torch.from_numpy(v) for name, v in arrays.items()})
 
     @property
     def num_users(self) -> int:

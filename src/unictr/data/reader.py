@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from unictr.config import DataSpec
 from unictr.data.batch import SEQUENCE_FIELDS, Batch, Schema, concat_batches
@@ -94,18 +93,20 @@ def encode_table(table: pa.Table, schema: Schema, keys: DataSpec, source: str = 
     p_true = _dense_matrix(table, p_cols, source) if all(c in table.column_names for c in p_cols) else None
 
     seq = _sequences(table, schema, starts, ts[starts], source)
-    return Batch(
-        user_cat=torch.from_numpy(user_cat),
-        user_dense=torch.from_numpy(user_dense),
-        **dict(zip(SEQUENCE_FIELDS, seq, strict=True)),
-        cand_cat=torch.from_numpy(cand_cat),
-        cand_dense=torch.from_numpy(cand_dense),
-        surface=torch.from_numpy(surface),
-        view_key=torch.from_numpy(view_key),
-        user_index=torch.from_numpy(user_index.astype(np.int64)),
-        labels=torch.from_numpy(labels),
-        label_mask=torch.from_numpy(label_mask),
-        p_true=None if p_true is None else torch.from_numpy(p_true),
+    return Batch.from_numpy(
+        dict(
+            user_cat=user_cat,
+            user_dense=user_dense,
+            **dict(zip(SEQUENCE_FIELDS, seq, strict=True)),
+            cand_cat=cand_cat,
+            cand_dense=cand_dense,
+            surface=surface,
+            view_key=view_key,
+            user_index=user_index.astype(np.int64),
+            labels=labels,
+            label_mask=label_mask,
+            p_true=p_true,
+        )
     )
 
 
@@ -177,8 +178,8 @@ def _list_column(table: pa.Table, name: str, source: str) -> tuple[np.ndarray, n
     return offsets - offsets[0], values
 
 
-def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str) -> SequenceTensors:
-    """Left-padded sequence tensors (see `pad_sequences`) holding each user's newest L events."""
+def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str) -> SequenceArrays:
+    """Left-padded sequence arrays (see `pad_sequences`) holding each user's newest L events."""
     if schema.sequence is None:
         return no_sequences(len(starts))
     spec = schema.sequence
@@ -194,20 +195,21 @@ def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.n
     return pad_sequences(off[starts], off[starts + 1], stacked, req_ts, schema, source)
 
 
-SequenceTensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+# The sequence fields of a Batch (SEQUENCE_FIELDS, in that order) as numpy arrays.
+SequenceArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def no_sequences(users: int) -> SequenceTensors:
-    """The placeholder sequence tensors (`L` = 1, nothing visible) of a config without a sequence."""
-    z = torch.zeros((users, 1), dtype=torch.int64)
-    side = torch.zeros((users, 1, 0), dtype=torch.int64)
-    return z, side, z.clone(), torch.zeros((users, 1)), torch.zeros((users, 1), dtype=torch.bool)
+def no_sequences(users: int) -> SequenceArrays:
+    """The placeholder sequence arrays (`L` = 1, nothing visible) of a config without a sequence."""
+    z = np.zeros((users, 1), dtype=np.int64)
+    side = np.zeros((users, 1, 0), dtype=np.int64)
+    return z, side, z.copy(), np.zeros((users, 1), dtype=np.float32), np.zeros((users, 1), dtype=bool)
 
 
 def pad_sequences(
     lo: np.ndarray, hi: np.ndarray, events: np.ndarray, req_ts: np.ndarray, schema: Schema, source: str
-) -> SequenceTensors:
-    """Left-padded item `[U, L]`, side `[U, L, Ks]`, action, age and mask `[U, L]` tensors from flat events.
+) -> SequenceArrays:
+    """Left-padded item `[U, L]`, side `[U, L, Ks]`, action, age and mask `[U, L]` arrays from flat events.
 
     `events` is `[1 + Ks + 2, E]` int64: rows item, each side column, action, time (ms). User u's events
     are columns `lo[u]:hi[u]`, oldest first; the newest L are kept, the newest at L-1. Shared by the
@@ -232,9 +234,9 @@ def pad_sequences(
         ids[k] = hash_ids(ev[k], size)
     ids *= mask  # padding is row 0
     return (
-        torch.from_numpy(ids[0]),
-        torch.from_numpy(np.ascontiguousarray(np.moveaxis(ids[1:], 0, -1))),
-        torch.from_numpy(np.where(mask, ev[-2] % spec.num_actions, 0)),
-        torch.from_numpy(np.where(mask, age_ms / 1000.0, 0.0).astype(np.float32)),
-        torch.from_numpy(mask),
+        ids[0],
+        np.ascontiguousarray(np.moveaxis(ids[1:], 0, -1)),
+        np.where(mask, ev[-2] % spec.num_actions, 0),
+        np.where(mask, age_ms / 1000.0, 0.0).astype(np.float32),
+        mask,
     )

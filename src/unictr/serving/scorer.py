@@ -33,7 +33,7 @@ import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, NotRequired
 
@@ -45,7 +45,7 @@ from typing_extensions import TypedDict
 from unictr.checkpoint import MODEL_FILE
 from unictr.data.batch import SEQUENCE_FIELDS, Batch, Schema
 from unictr.data.encode import hash_ids
-from unictr.data.reader import no_sequences, pad_sequences
+from unictr.data.reader import SequenceArrays, no_sequences, pad_sequences
 from unictr.export import BATCH_INPUTS, ONNX_FILE, ONNX_ONE_USER_FILE, load_export, probabilities, probe_batch
 from unictr.model import UnifiedCTR
 
@@ -226,14 +226,23 @@ class ScoreResult:
 
 @dataclass(frozen=True)
 class EncodedRequest:
-    """A request as a `Batch` whose rows are grouped by user; `order[i]` is row i's candidate index
-    (`slice(0, N)` when the request order already is: one user)."""
+    """A request in the Batch layout, rows grouped by user: `arrays` holds one numpy array per Batch
+    field (what ONNX Runtime reads; no torch tensor is made for it), `batch` the same as a `Batch`.
+    `order[i]` is row i's candidate index (`slice(0, N)` when the request order already is: one user)."""
 
-    batch: Batch
+    arrays: dict[str, np.ndarray]
     order: np.ndarray | slice
     truncated_sequences: int
     dropped_events: int
     columnar: bool
+
+    @cached_property
+    def batch(self) -> Batch:
+        return Batch.from_numpy(self.arrays)
+
+    @property
+    def num_users(self) -> int:
+        return len(self.arrays["user_cat"])
 
 
 class Scorer:
@@ -271,7 +280,7 @@ class Scorer:
         if backend == "auto":
             backend = "onnx" if onnx_path is not None and not bf16 and torch.device(device).type == "cpu" else "eager"
         self.backend = backend
-        self._forward = _runner(self.model, backend, bf16, onnx_path, onnx_one_user_path, torch.device(device))
+        self._run = _runner(self.model, backend, bf16, onnx_path, onnx_one_user_path, torch.device(device))
         self.manifest = dict(manifest)
         self.schema = model.schema
         self.surface = self.schema.surfaces[0]
@@ -283,13 +292,13 @@ class Scorer:
         self._adapter = request_adapter(self.schema)
         self._array_adapter = request_adapter(self.schema, arrays=True)
         self._view_index = {v: k for k, (_, v) in enumerate(self.schema.view_keys)}
-        # Per-row tensors that are the same in every request (the one surface, no labels, the surface's
+        # Per-row arrays that are the same in every request (the one surface, no labels, the surface's
         # tasks), made once for the largest request: a request takes views of its first rows.
         tasks = len(self.schema.tasks)
         self._row_constants = {
-            "surface": torch.zeros(max_candidates, dtype=torch.int64),
-            "labels": torch.zeros((max_candidates, tasks)),
-            "label_mask": torch.tensor(self.schema.task_mask[0]).expand(max_candidates, tasks),
+            "surface": np.zeros(max_candidates, dtype=np.int64),
+            "labels": np.zeros((max_candidates, tasks), dtype=np.float32),
+            "label_mask": np.tile(np.asarray(self.schema.task_mask[0]), (max_candidates, 1)),
         }
 
     @classmethod
@@ -316,27 +325,29 @@ class Scorer:
 
     def predict(self, batch: Batch) -> np.ndarray:
         """Probabilities `[N, all tasks]` of an encoded batch with this scorer's backend (one pass, no chunking)."""
-        return self._forward(batch)
+        return self._run.batch(batch)
 
     def score(self, request: bytes | str | Mapping[str, Any]) -> ScoreResult:
         """Validate, encode and score a request."""
         enc = self.encode(self.parse(request))
-        b = enc.batch
-        starts = range(0, b.num_users, self.max_unique_users)  # rows are grouped by user: chunks are slices
-        chunks = [b] if len(starts) == 1 else [
-            b.take_users(torch.arange(start, min(start + self.max_unique_users, b.num_users))) for start in starts
-        ]
-        parts = [self.predict(chunk)[:, self._task_cols] for chunk in chunks]
-        probs = np.empty((b.num_rows, len(self.tasks)), dtype=np.float32)
+        users = enc.num_users
+        starts = range(0, users, self.max_unique_users)  # rows are grouped by user: chunks are slices
+        if len(starts) == 1:  # one pass over the encoded arrays
+            parts = [self._run.arrays(enc.arrays)]
+        else:
+            b = enc.batch
+            parts = [self.predict(b.take_users(torch.arange(s, min(s + self.max_unique_users, users)))) for s in starts]
+        parts = [p[:, self._task_cols] for p in parts]
+        probs = np.empty((len(enc.arrays["cand_cat"]), len(self.tasks)), dtype=np.float32)
         if parts:
             probs[enc.order] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return ScoreResult(
-            self.surface, self.version, self.tasks, probs, b.num_users, len(parts), enc.truncated_sequences,
+            self.surface, self.version, self.tasks, probs, users, len(parts), enc.truncated_sequences,
             enc.dropped_events, enc.columnar,
         )
 
     def encode(self, req: Mapping[str, Any]) -> EncodedRequest:
-        """A validated request (see `parse`) as a Batch in the broadcast layout."""
+        """A validated request (see `parse`) in the Batch layout (broadcast: one row per unique user)."""
         users = req["users"]
         columnar = "candidate_columns" in req
         cand_users, view_types, features = self._candidate_columns(req)
@@ -368,19 +379,19 @@ class Scorer:
         view_key = view_types[order]
         user_cat = _cat_matrix(user_cols, s.user_cat, s.user_cat_sizes, every_user, "users[].features")
         cand_cat = _cat_matrix(features, s.cand_cat, s.cand_cat_sizes, order, _candidate_field(columnar, "features"))
-        batch = Batch(
-            user_cat=torch.from_numpy(user_cat),
-            user_dense=torch.from_numpy(_dense_matrix(user_cols, s.user_dense, every_user)),
+        arrays = dict(
+            user_cat=user_cat,
+            user_dense=_dense_matrix(user_cols, s.user_dense, every_user),
             **dict(zip(SEQUENCE_FIELDS, seq, strict=True)),
-            cand_cat=torch.from_numpy(cand_cat),
-            cand_dense=torch.from_numpy(_dense_matrix(features, s.cand_dense, order)),
+            cand_cat=cand_cat,
+            cand_dense=_dense_matrix(features, s.cand_dense, order),
             surface=self._row_constants["surface"][:n],
-            view_key=torch.from_numpy(view_key),
-            user_index=torch.from_numpy(user_index[order].astype(np.int64, copy=False)),
+            view_key=view_key,
+            user_index=user_index[order].astype(np.int64, copy=False),
             labels=self._row_constants["labels"][:n],
             label_mask=self._row_constants["label_mask"][:n],
         )
-        return EncodedRequest(batch, order, truncated, dropped, columnar)
+        return EncodedRequest(arrays, order, truncated, dropped, columnar)
 
     def _candidate_columns(self, req: Mapping[str, Any]) -> tuple[list[str], list[str], Mapping[str, list]]:
         """(user refs, view types, feature name → values) of the candidates, from either layout."""
@@ -406,8 +417,8 @@ class Scorer:
 
     def _sequences(
         self, users: list[dict[str, Any]], used: np.ndarray, req_ms: int
-    ) -> tuple[tuple[torch.Tensor, ...], int, int]:
-        """Padded sequence tensors of `users[used]`, and how many were truncated / events dropped."""
+    ) -> tuple[SequenceArrays, int, int]:
+        """Padded sequence arrays of `users[used]`, and how many were truncated / events dropped."""
         spec = self.schema.sequence
         if spec is None:
             return no_sequences(len(used)), 0, 0
@@ -432,9 +443,19 @@ class Scorer:
         events = events[:, np.lexsort((events[-1], owner))]  # per user, oldest first (stable)
         counts = np.bincount(owner, minlength=len(seqs))
         hi = np.cumsum(counts)
-        tensors = pad_sequences(hi - counts, hi, events, np.full(len(seqs), req_ms, dtype=np.int64), self.schema,
-                                "request")
-        return tensors, int((counts > spec.max_len).sum()), dropped
+        arrays = pad_sequences(hi - counts, hi, events, np.full(len(seqs), req_ms, dtype=np.int64), self.schema,
+                               "request")
+        return arrays, int((counts > spec.max_len).sum()), dropped
+
+
+@dataclass(frozen=True)
+class _Runner:
+    """A backend's forward → probabilities `[N, T]` (float32 numpy), on an encoded request's numpy arrays
+    (`EncodedRequest.arrays`) or on a `Batch`; each backend takes one natively and converts the other
+    without copying."""
+
+    arrays: Callable[[Mapping[str, np.ndarray]], np.ndarray]
+    batch: Callable[[Batch], np.ndarray]
 
 
 def _runner(
@@ -444,8 +465,8 @@ def _runner(
     onnx_path: str | Path | None,
     onnx_one_user_path: str | Path | None,
     device: torch.device,
-) -> Callable[[Batch], np.ndarray]:
-    """Batch → probabilities `[N, T]` (float32 numpy) with the chosen backend."""
+) -> _Runner:
+    """The chosen backend's forward."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend == "onnx":
@@ -462,11 +483,11 @@ def _runner(
         if onnx_one_user_path is not None:
             one_user = ort.InferenceSession(str(onnx_one_user_path), options, providers=["CPUExecutionProvider"])
 
-        def run(b: Batch) -> np.ndarray:
-            session = one_user if b.num_users == 1 else general
-            return session.run(None, {n: getattr(b, n).numpy() for n in BATCH_INPUTS})[0]
+        def run(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+            session = one_user if len(arrays["user_cat"]) == 1 else general
+            return session.run(None, {n: arrays[n] for n in BATCH_INPUTS})[0]
 
-        return run
+        return _Runner(run, lambda b: run({n: getattr(b, n).numpy() for n in BATCH_INPUTS}))
     net = torch.compile(model.to(device), dynamic=True) if backend == "compile" else model.to(device)
 
     def forward(b: Batch) -> np.ndarray:
@@ -476,7 +497,7 @@ def _runner(
     if backend == "compile":  # compile now, for one user and for several, not on the first requests
         for users, rows in ((1, 3), (3, 7)):
             forward(probe_batch(model.schema, model.schema.surfaces[0], users, rows))
-    return forward
+    return _Runner(lambda arrays: forward(Batch.from_numpy(arrays)), forward)
 
 
 def _has_arrays(request: Mapping[str, Any]) -> bool:
