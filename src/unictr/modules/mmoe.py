@@ -10,11 +10,11 @@ from torch import Tensor, nn
 from unictr.modules.broadcast import BroadcastLinear, one_user
 
 
-def _softmax(x: Tensor) -> Tensor:
-    """Softmax over the last (few experts) dim, written out: ONNX Runtime's Softmax kernel is slow on
-    a last dim this short (50 µs for [500, 3, 4]; these five elementwise nodes take ~10 µs)."""
-    e = torch.exp(x - x.amax(dim=-1, keepdim=True))
-    return e / e.sum(dim=-1, keepdim=True)
+def _softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over `dim` (the few experts), written out: ONNX Runtime's Softmax kernel is slow on a
+    dim this short (50 µs for [500, 3, 4]; these five elementwise nodes take ~10 µs)."""
+    e = torch.exp(x - x.amax(dim=dim, keepdim=True))
+    return e / e.sum(dim=dim, keepdim=True)
 
 
 class MMoE(nn.Module):
@@ -49,12 +49,16 @@ class MMoE(nn.Module):
         out = self._experts(user, cand, user_index)  # [N, E, O]
         if self.gate is None:
             return out.expand(n, self.tasks, self.out_dim)
-        logits = self.gate(user, cand, user_index).view(n, self.surfaces, self.tasks * self.experts)
-        if self.surfaces == 1:  # a surface export: every row's gate is the one surface's
-            own = logits[:, 0]
+        if self.surfaces == 1:
+            # A surface export: every row's gate is the one surface's. Its softmax over experts runs
+            # transposed ([T, E, N]), so each broadcast is over rows of N values, not N·T rows of 4 (ONNX
+            # Runtime's broadcasts over a short last dim are ~5x slower; two small transposes cost less).
+            logits = self.gate(user, cand, user_index).t().reshape(self.tasks, self.experts, n)
+            weights = _softmax(logits, dim=1).permute(2, 0, 1)
         else:
+            logits = self.gate(user, cand, user_index).view(n, self.surfaces, self.tasks * self.experts)
             own = logits.gather(1, surface.view(n, 1, 1).expand(n, 1, logits.shape[2]))  # the row's surface
-        weights = _softmax(own.view(n, self.tasks, self.experts))
+            weights = _softmax(own.view(n, self.tasks, self.experts))
         return torch.matmul(weights, out)  # [N, T, E] @ [N, E, O]
 
     def _experts(self, user: Tensor, cand: Tensor, user_index: Tensor) -> Tensor:
