@@ -287,8 +287,10 @@ class Scorer:
         self.version = version or f"{self.surface}@{manifest['files'][MODEL_FILE][:12]}"
         self.max_unique_users = max_unique_users
         self.max_candidates = max_candidates
-        self._task_cols = [i for i, on in enumerate(self.schema.task_mask[0]) if on]
-        self.tasks = tuple(self.schema.tasks[i] for i in self._task_cols)
+        task_cols = [i for i, on in enumerate(self.schema.task_mask[0]) if on]
+        self.tasks = tuple(self.schema.tasks[i] for i in task_cols)
+        # the model's outputs of the tasks that apply on this surface (None: all of them, nothing to select)
+        self._task_cols = None if len(task_cols) == len(self.schema.tasks) else task_cols
         self._adapter = request_adapter(self.schema)
         self._array_adapter = request_adapter(self.schema, arrays=True)
         self._view_index = {v: k for k, (_, v) in enumerate(self.schema.view_keys)}
@@ -337,10 +339,15 @@ class Scorer:
         else:
             b = enc.batch
             parts = [self.predict(b.take_users(torch.arange(s, min(s + self.max_unique_users, users)))) for s in starts]
-        parts = [p[:, self._task_cols] for p in parts]
-        probs = np.empty((len(enc.arrays["cand_cat"]), len(self.tasks)), dtype=np.float32)
         if parts:
-            probs[enc.order] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            probs = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        else:  # no candidates
+            probs = np.empty((0, len(self.schema.tasks)), dtype=np.float32)
+        if self._task_cols is not None:
+            probs = probs[:, self._task_cols]
+        if isinstance(enc.order, np.ndarray):  # rows were regrouped by user: back to request order
+            grouped, probs = probs, np.empty_like(probs)
+            probs[enc.order] = grouped
         return ScoreResult(
             self.surface, self.version, self.tasks, probs, users, len(parts), enc.truncated_sequences,
             enc.dropped_events, enc.columnar,
