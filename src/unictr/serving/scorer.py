@@ -400,8 +400,9 @@ class Scorer:
         )
         return EncodedRequest(arrays, order, truncated, dropped, columnar)
 
-    def _candidate_columns(self, req: Mapping[str, Any]) -> tuple[list[str], list[str], Mapping[str, list]]:
-        """(user refs, view types, feature name → values) of the candidates, from either layout."""
+    def _candidate_columns(self, req: Mapping[str, Any]) -> tuple[list[Any], list[str] | np.ndarray, Mapping[str, Any]]:
+        """(user refs, view types, feature name → values) of the candidates, from either layout; a numpy
+        request's view types arrive as codes (`_view_codes`) and its features as arrays."""
         if ("candidates" in req) == ("candidate_columns" in req):
             raise RequestError(
                 "body: give the candidates either as candidates (a list of objects) or as "
