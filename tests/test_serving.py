@@ -98,6 +98,22 @@ def test_users_deduplicated_and_sequences_cleaned(world, request_body) -> None:
     np.testing.assert_array_equal(again.probabilities, base.probabilities)
 
 
+def test_one_user_request_scores_like_its_rows_in_a_larger_one(world, request_body) -> None:
+    """A one-user request (the common case) keeps its rows in request order instead of regrouping them,
+    and its answer is the model's output as it is: each user's own request, its candidates in reverse
+    order, scores them as the many-user request does, in both layouts."""
+    scorer = Scorer.load(world["v1"])
+    full = scorer.score(request_body)
+    assert full.unique_users > 3
+    for user in request_body["users"][:3]:
+        rows = [i for i, c in enumerate(request_body["candidates"]) if c["user"] == user["id"]][::-1]
+        one = {**request_body, "users": [user], "candidates": [request_body["candidates"][i] for i in rows]}
+        for req in (one, to_numpy_columns(to_columns(one))):
+            got = scorer.score(req)
+            assert got.unique_users == 1 and got.chunks == 1
+            np.testing.assert_allclose(got.probabilities, full.probabilities[rows], rtol=0, atol=1e-6)
+
+
 def test_columnar_request_scores_like_rows(world, client, request_body) -> None:
     """The same candidates sent as columns give the same probabilities, answered as one list per task."""
     rows = Scorer.load(world["v1"]).score(request_body)
