@@ -63,7 +63,7 @@ def headlines(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         s = result["serving"]
         rows.append((f"serving 1x500 in-process p50 / p99 ({s['backend']})",
                      f"{s['p50_ms']:.2f} / {s['p99_ms']:.2f} ms", ""))
-        rows.append(("serving p99 as a multiple of its FLOP floor",
+        rows.append((f"serving p99 as a multiple of its FLOP floor, the fastest variant ({s['backend']})",
                      f"{s['p99_x_floor']:.1f}x of {s['floor_ms']:.2f} ms", "<= 3x"))
         for key, request in (("in_process_x_floor", "JSON"), ("in_process_numpy_x_floor", "numpy columns")):
             ratios = s[key]  # every variant against its own floor (dtype, threads)
