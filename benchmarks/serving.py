@@ -5,9 +5,10 @@ request (JSON bytes, candidates as `candidate_columns`) is scored in-process by 
 (validation, encoding and the model: everything but HTTP) with each backend (eager, `torch.compile`,
 ONNX Runtime; fp32, and bf16 autocast where the hardware has it), then again with the candidate
 columns as numpy arrays (an in-process caller's request: no JSON, validated per array), then over HTTP
-by the real server (`unictr serve` in a child process on 127.0.0.1) with the eager backend and the
-fastest one. The fastest backend also scores the request with one object per candidate
-(`candidates`), side by side with the two columnar forms.
+by the real server (`unictr serve` in a child process on 127.0.0.1) with the eager backend, the
+fastest one, and ONNX on one thread (the advised configuration), that also with `--inline`. The
+fastest backend also scores the request with one object per candidate (`candidates`), side by side
+with the two columnar forms.
 Latencies are client-side wall times; p99 is also reported as a multiple of the request's FLOP floor
 (see the floor suite).
 """
@@ -84,12 +85,15 @@ def _on(n_threads: int, fn: Callable[..., object], *args: Any) -> Callable[[], o
 
 
 def _http(
-    ctx: Context, registry: Path, variant: tuple[int, dict[str, Any]], body: bytes, repeats: int
+    ctx: Context, registry: Path, variant: tuple[int, dict[str, Any]], body: bytes, repeats: int,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Client-side latency of `repeats` sequential requests to a fresh `unictr serve` process."""
+    """Client-side latency of `repeats` sequential requests to a fresh `unictr serve` process (with the
+    `extra` CLI arguments)."""
     n_threads, options = variant
-    args = ["--backend", options["backend"], "--poll-seconds", "30", *(["--bf16"] if options.get("bf16") else [])]
-    log = ctx.workdir / f"server-{n_threads}-{options['backend']}.log"
+    args = ["--backend", options["backend"], "--poll-seconds", "30", *(["--bf16"] if options.get("bf16") else []),
+            *extra]
+    log = ctx.workdir / f"server-{n_threads}-{options['backend']}{''.join(extra)}.log"
     with server_process(registry, log, n_threads, *args) as (server, port), httpx.Client(timeout=60) as client:
         url = f"http://127.0.0.1:{port}/v1/surfaces/{fixtures.SURFACE}/score"
         started = time.perf_counter()
@@ -173,14 +177,19 @@ def run(ctx: Context) -> dict[str, Any]:
         repeats,
         block=BLOCK,
     )
-    http = {}
+    http, http_variant = {}, {}  # server configuration → its result, and the in-process variant it runs
     if ctx.device.type == "cpu":
         registry = Registry(ctx.workdir / "registry")
         version = registry.publish(fixtures.SURFACE, export)
         registry.promote(fixtures.SURFACE, version, force=True)
-        # eager, the fastest, and the configuration docs/performance.md advises (one thread per server process)
-        for name in dict.fromkeys(n for n in ("eager_fp32", best, "onnx_fp32_1_thread") if n in variants):
-            http[name] = _http(ctx, registry.root, variants[name], body, repeats)
+        # eager, the fastest, and the configuration docs/serving.md advises (one thread per server process),
+        # that also scoring on the event loop's thread (--inline)
+        servers = [(n, n, ()) for n in dict.fromkeys(("eager_fp32", best, "onnx_fp32_1_thread")) if n in variants]
+        if "onnx_fp32_1_thread" in variants:
+            servers.append(("onnx_fp32_1_thread_inline", "onnx_fp32_1_thread", ("--inline",)))
+        for key, name, extra in servers:
+            http[key] = _http(ctx, registry.root, variants[name], body, repeats, extra)
+            http_variant[key] = name
     ctx.log(
         f"serving 1x500 in-process: fastest {best} p50 {in_process[best]['p50_ms']:.2f} ms, "
         f"p99 {in_process[best]['p99_ms']:.2f} ms = {in_process[best]['p99_ms'] / floor:.1f}x its floor"
@@ -204,7 +213,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "model_only": model_only,
         "model_only_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in model_only.items()},
         "http": http if http else {"skipped": "the HTTP server runs on the CPU"},
-        "http_x_floor": {name: t["p99_ms"] / floor_of(name) for name, t in http.items()},
+        "http_x_floor": {key: t["p99_ms"] / floor_of(http_variant[key]) for key, t in http.items()},
         "setup_s": setup_s,
         "max_abs_diff_vs_eager_fp32": max_diff,
         "bf16": bf16_support(ctx.device)[1],

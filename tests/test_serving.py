@@ -24,7 +24,7 @@ from unictr.export import export_surface, load_surface_split, probabilities
 from unictr.serving.app import create_app
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
-from unictr.serving.scorer import RequestError, Scorer, to_columns, to_numpy_columns
+from unictr.serving.scorer import RequestError, Scorer, ScoreResult, to_columns, to_numpy_columns
 
 SURFACE = "search"
 
@@ -112,6 +112,27 @@ def test_one_user_request_scores_like_its_rows_in_a_larger_one(world, request_bo
             got = scorer.score(req)
             assert got.unique_users == 1 and got.chunks == 1
             np.testing.assert_allclose(got.probabilities, full.probabilities[rows], rtol=0, atol=1e-6)
+
+
+def test_inline_scores_on_the_event_loop_thread_alike(world, request_body, monkeypatch) -> None:
+    """`inline` scores on the event loop's thread (by default a worker thread does), with the same answers."""
+    scored_on = []
+    score = Scorer.score
+
+    def spy(self: Scorer, request: object) -> ScoreResult:
+        scored_on.append(threading.get_ident())
+        return score(self, request)
+
+    monkeypatch.setattr(Scorer, "score", spy)
+    answers = {}
+    for inline in (False, True):
+        with TestClient(create_app(world["registry"].root, inline=inline)) as c:
+            loop_thread = c.portal.call(threading.get_ident)
+            response = c.post(f"/v1/surfaces/{SURFACE}/score", json=request_body)
+            assert response.status_code == 200
+            assert (scored_on[-1] == loop_thread) == inline
+            answers[inline] = response.json()
+    assert answers[True] == answers[False]
 
 
 def test_columnar_request_scores_like_rows(world, client, request_body) -> None:
@@ -287,11 +308,14 @@ def _wait(cond, timeout: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def test_server_follows_promote_and_rollback_under_load(world, request_body, tmp_path) -> None:
-    """The real server process: HTTP scores equal the in-process scorer, and a promote and a rollback
-    during a bounded concurrent client loop fail no request."""
+@pytest.mark.parametrize("args", [(), ("--inline",)], ids=["worker-thread", "inline"])
+def test_server_follows_promote_and_rollback_under_load(world, request_body, tmp_path, args) -> None:
+    """The real server process, scoring on worker threads or (`--inline`) on the event loop's: HTTP scores
+    equal the in-process scorer, and a promote and a rollback during a bounded concurrent client loop fail
+    no request."""
     registry = world["registry"]
-    with server_process(registry.root, tmp_path / "server.log", 1, "--poll-seconds", "0.1") as (server, port):
+    log = tmp_path / "server.log"
+    with server_process(registry.root, log, 1, "--poll-seconds", "0.1", *args) as (server, port):
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=10) as http:
             _wait(lambda: server.poll() is None and _up(http), timeout=60)

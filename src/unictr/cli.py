@@ -179,6 +179,10 @@ def serve_cmd(
     max_concurrency: int = typer.Option(64, help="Concurrent connections before 503."),
     backend: str = typer.Option("auto", help="auto, eager, compile or onnx (auto: onnx where the export has one)."),
     bf16: bool = typer.Option(False, help="bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16)."),
+    inline: bool = typer.Option(
+        False, help="Score on the event loop's thread, not a worker thread: ~0.5 ms less per request, one "
+        "request at a time (for one process per core with --threads 1)."
+    ),
 ) -> None:
     """Serve the registry's live models over HTTP (FastAPI + uvicorn)."""
     from unictr.serving.app import serve
@@ -188,7 +192,7 @@ def serve_cmd(
         serve(
             registry, host=host, port=port, max_concurrency=max_concurrency, max_unique_users=max_unique_users,
             max_candidates=max_candidates, max_body_bytes=int(max_body_mb * (1 << 20)), poll_seconds=poll_seconds,
-            threads=threads, backend=backend, bf16=bf16,
+            threads=threads, backend=backend, bf16=bf16, inline=inline,
         )
     except RegistryError as e:
         _fail(str(e))

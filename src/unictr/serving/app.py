@@ -196,10 +196,14 @@ def create_app(
     threads: int | None = None,
     backend: str = "auto",
     bf16: bool = False,
+    inline: bool = False,
 ) -> FastAPI:
     """The scoring app over `registry_dir`; models load at startup and follow the registry after.
 
-    `backend` and `bf16` choose how each surface's model runs (see `Scorer`).
+    `backend` and `bf16` choose how each surface's model runs (see `Scorer`). `inline` scores on the
+    event loop's thread instead of handing each request to a worker thread: ~0.5 ms less per request
+    (the hand-over and its GIL traffic), but the process then scores one request at a time and answers
+    health checks between requests; meant for one process per core with one thread each.
     """
     if threads is not None:
         torch.set_num_threads(threads)
@@ -235,7 +239,10 @@ def create_app(
             return _error(404, f"unknown surface {surface!r}; serving {sorted(store.summary())}")
         try:
             body = await _read_body(request, max_body_bytes)
-            result = await run_in_threadpool(models.live.score, body)
+            if inline:
+                result = models.live.score(body)
+            else:
+                result = await run_in_threadpool(models.live.score, body)
         except RequestError as e:
             metrics.errors.labels(surface, "too_large" if e.status == 413 else "validation").inc()
             return _error(e.status, str(e))
