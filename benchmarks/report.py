@@ -97,6 +97,15 @@ def broadcast(r: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def _headline(s: dict[str, Any]) -> str:
+    """The headline (the advised configuration, numpy request) and the fastest variant (JSON request)."""
+    f = s["fastest"]
+    return (f"Headline, the advised configuration: **{s['backend']}**, numpy request, p50 {s['p50_ms']:.2f} / "
+            f"p99 {s['p99_ms']:.2f} ms = **{s['p99_x_floor']:.2f}x** its {s['floor_ms']:.2f} ms floor. Fastest "
+            f"(JSON request): **{f['backend']}**, p50 {f['p50_ms']:.2f} / p99 {f['p99_ms']:.2f} ms = "
+            f"{f['p99_x_floor']:.2f}x its {f['floor_ms']:.2f} ms floor.")
+
+
 def serving(r: dict[str, Any]) -> str:
     s = r["serving"]
     rows = []
@@ -124,8 +133,9 @@ def serving(r: dict[str, Any]) -> str:
     return (
         f"Request: {s['request']}, {s['mflop']:.0f} MFLOP; floor {s['floors_ms']['fp32']:.2f} ms fp32"
         + (f", {s['floors_ms']['bf16']:.3f} ms bf16" if "bf16" in s["floors_ms"] else "")
-        + f". Fastest in-process: **{s['backend']}**. Request stages (any backend): {stages}."
-        + (f" The same request in each layout ({s['backend']}): {layouts}." if layouts else "")
+        + ". " + _headline(s)
+        + f" Request stages (any backend): {stages}."
+        + (f" The same request in each layout ({s['fastest']['backend']}): {layouts}." if layouts else "")
         + "\n\n"
         + _table(header, rows)
         + "\n\nOver HTTP (`unictr serve` on 127.0.0.1, client-side, sequential):\n\n"
