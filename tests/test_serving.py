@@ -388,3 +388,13 @@ def test_scorer_rejects_unified_checkpoint(world) -> None:
         Scorer(model, manifest)
     with pytest.raises(RequestError, match="body: Invalid JSON"):
         Scorer.load(world["v1"]).score(b"[")
+
+
+def test_serve_defaults_to_one_thread_per_request(tmp_path, monkeypatch) -> None:
+    """`unictr serve` runs one intra-op thread per request unless told otherwise (docs/serving.md)."""
+    calls = []
+    monkeypatch.setattr("unictr.serving.app.serve", lambda registry, **kw: calls.append(kw))
+    for args, threads in (([], 1), (["--threads", "2"], 2)):
+        result = CliRunner().invoke(app, ["serve", "--registry", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        assert calls.pop()["threads"] == threads

@@ -175,7 +175,10 @@ def serve_cmd(
     max_candidates: int = typer.Option(5000, help="Candidates per request; more is refused (413)."),
     max_body_mb: float = typer.Option(8.0, help="Largest request body in MiB (413 above)."),
     poll_seconds: float = typer.Option(1.0, help="How often the registry pointers are checked."),
-    threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's)."),
+    threads: int = typer.Option(
+        1, min=1, help="Intra-op threads per request (torch's and ONNX Runtime's). 1 measured best on 2 cores: "
+        "21% more requests/s with 4 clients and a lower p99 (docs/serving.md); run a process per core for more."
+    ),
     max_concurrency: int = typer.Option(64, help="Concurrent connections before 503."),
     backend: str = typer.Option("auto", help="auto, eager, compile or onnx (auto: onnx where the export has one)."),
     bf16: bool = typer.Option(False, help="bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16)."),
