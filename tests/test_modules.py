@@ -33,6 +33,21 @@ def test_fused_embedding_bags_sum() -> None:
     torch.testing.assert_close(emb(bags), emb.weight[bags].sum(1))
 
 
+def test_fused_embedding_dense_gradient_is_torchs_bit_for_bit() -> None:
+    """The CPU lookup's own backward (one index_add_) gives torch's embedding gradient exactly, duplicates
+    summed in the same order, and leaves grad-free lookups (serving, export) on the plain path."""
+    torch.manual_seed(0)
+    emb = FusedEmbedding(["a", "b"], [300, 20], 16)
+    rows = torch.randint(0, 320, (5000,))  # ~15 looks per row
+    grad = torch.randn(5000, 16)
+    out = emb(rows)
+    assert out.grad_fn is not None and "DenseLookup" in type(out.grad_fn).__name__
+    out.backward(grad)
+    assert torch.equal(emb.weight.grad, torch.ops.aten.embedding_dense_backward(grad, rows, 320, -1, False))
+    with torch.no_grad():
+        torch.testing.assert_close(emb(rows), emb.weight[rows], rtol=0, atol=0)
+
+
 def test_time_buckets_monotone_and_clamped() -> None:
     b = time_bucket(torch.tensor([0.0, 1.0, 3.0, 1e3, 1e12]), 16)
     assert b.tolist() == [0, 1, 2, 9, 15]

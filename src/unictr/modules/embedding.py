@@ -20,6 +20,24 @@ def _lookup(weight: Tensor, rows: Tensor, bag_offsets: Tensor | None = None, spa
     return F.embedding_bag(rows, weight, bag_offsets, mode="sum", sparse=sparse)
 
 
+class _DenseLookup(torch.autograd.Function):
+    """`F.embedding` of `[n]` rows whose weight gradient is one `index_add_` into a zero table: on the CPU
+    the same sums in the same order as torch's `embedding_dense_backward`, bit for bit, 3-4x faster (that
+    kernel sorts the ids first). For the dense optimizers (AdamW), which need the table-sized gradient."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, weight: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(rows)
+        ctx.table_rows = weight.shape[0]
+        return F.embedding(rows, weight)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
+        (rows,) = ctx.saved_tensors
+        table = grad.new_zeros(ctx.table_rows, grad.shape[1])
+        return table.index_add_(0, rows, grad), None
+
+
 class RowwiseAdagrad:
     """Row-wise Adagrad applied inside the lookup's backward (FBGEMM's EXACT_ROWWISE_ADAGRAD).
 
@@ -131,4 +149,7 @@ class FusedEmbedding(nn.Module):
             if bag_offsets is not None:  # a plain lookup here would train nothing: no optimizer holds the table
                 raise ValueError("fused_update: jagged bags (bag_offsets) are not supported; use [n] or [n, k] rows")
             return _LookupWithUpdate.apply(self.weight, rows, self.fused_update)
+        dense_cpu_grad = not self.sparse and self.weight.requires_grad and self.weight.device.type == "cpu"
+        if dense_cpu_grad and torch.is_grad_enabled() and rows.dim() == 1 and bag_offsets is None:
+            return _DenseLookup.apply(self.weight, rows)
         return _lookup(self.weight, rows, bag_offsets, self.sparse)
