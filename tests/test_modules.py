@@ -35,7 +35,7 @@ def test_fused_embedding_bags_sum() -> None:
 
 def test_fused_embedding_dense_gradient_is_torchs_bit_for_bit() -> None:
     """The CPU lookup's own backward (one index_add_) gives torch's embedding gradient exactly, duplicates
-    summed in the same order, and leaves grad-free lookups (serving, export) on the plain path."""
+    summed in the same order; a grad-free lookup (serving, export) returns the same rows."""
     torch.manual_seed(0)
     emb = FusedEmbedding(["a", "b"], [300, 20], 16)
     rows = torch.randint(0, 320, (5000,))  # ~15 looks per row
