@@ -14,8 +14,10 @@ from unictr.modules import native
 
 def _lookup(weight: Tensor, rows: Tensor, bag_offsets: Tensor | None = None, sparse: bool = False) -> Tensor:
     """Sum-pooled lookup: `F.embedding` when each bag holds one id (one ONNX Gather, not a Loop), else
-    `F.embedding_bag`."""
+    `F.embedding_bag`. A dense CPU weight gradient, if one is needed, comes from `_DenseLookup`."""
     if rows.dim() == 1 and bag_offsets is None:
+        if not sparse and weight.requires_grad and weight.device.type == "cpu" and torch.is_grad_enabled():
+            return _DenseLookup.apply(weight, rows)
         return F.embedding(rows, weight, sparse=sparse)
     return F.embedding_bag(rows, weight, bag_offsets, mode="sum", sparse=sparse)
 
@@ -149,7 +151,4 @@ class FusedEmbedding(nn.Module):
             if bag_offsets is not None:  # a plain lookup here would train nothing: no optimizer holds the table
                 raise ValueError("fused_update: jagged bags (bag_offsets) are not supported; use [n] or [n, k] rows")
             return _LookupWithUpdate.apply(self.weight, rows, self.fused_update)
-        dense_cpu_grad = not self.sparse and self.weight.requires_grad and self.weight.device.type == "cpu"
-        if dense_cpu_grad and torch.is_grad_enabled() and rows.dim() == 1 and bag_offsets is None:
-            return _DenseLookup.apply(self.weight, rows)
         return _lookup(self.weight, rows, bag_offsets, self.sparse)
