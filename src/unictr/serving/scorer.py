@@ -378,7 +378,7 @@ class Scorer:
         order = np.argsort(user_index, kind="stable") if len(used) > 1 else slice(0, n)
         s = self.schema
         user_cols = {name: [users[i]["features"][name] for i in used] for name in (*s.user_cat, *s.user_dense)}
-        every_user = np.arange(len(used))
+        every_user = slice(0, len(used))  # user_cols are already in `used` order: nothing to gather
         req_ms = int(req.get("request_time_ms", time.time() * 1000))
         seq, truncated, dropped = self._sequences(users, used, req_ms)
         if not isinstance(view_types, np.ndarray):  # numpy requests arrive coded (`_view_codes`)
