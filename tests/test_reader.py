@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import random_table
-from unictr.data.batch import Schema, concat_batches
+from unictr.data.batch import FIELD_NAMES, FIELDS, Batch, Schema, concat_batches
 from unictr.data.encode import hash_ids
 from unictr.data.errors import DataError
 from unictr.data.reader import encode_table, iter_batches, load_split
@@ -19,6 +21,20 @@ def _write(tmp_path, table: pa.Table, name: str = "part-00000.parquet"):
     tmp_path.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, tmp_path / name)
     return tmp_path
+
+
+def test_batch_matches_its_field_spec(sim_config) -> None:
+    """The dataclass, and what the reader makes, follow FIELDS: names in order, side and dtype."""
+    assert tuple(f.name for f in dataclasses.fields(Batch)) == FIELD_NAMES
+    b = encode_table(random_table(sim_config, requests=7, seed=1), Schema.from_config(sim_config), sim_config.data)
+    assert b.num_users < b.num_rows
+    for f in FIELDS:
+        v = getattr(b, f.name)
+        if v is None:  # no p_true columns in a random table
+            assert f.optional, f.name
+            continue
+        assert v.dtype == f.dtype, f.name
+        assert v.shape[0] == (b.num_users if f.side == "user" else b.num_rows), f.name
 
 
 def test_broadcast_layout(sim_config) -> None:

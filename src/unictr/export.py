@@ -43,7 +43,7 @@ from unictr.checkpoint import (
     versions,
 )
 from unictr.config import Config, DataSpec, config_from_dict
-from unictr.data.batch import Batch, Schema, concat_batches
+from unictr.data.batch import MODEL_INPUTS, USER_FIELDS, Batch, Schema, concat_batches
 from unictr.data.errors import DataError
 from unictr.data.reader import encode_table, required_columns, split_files
 from unictr.model import UnifiedCTR
@@ -55,12 +55,6 @@ ONNX_FILE = "model.onnx"
 ONNX_ONE_USER_FILE = "model_one_user.onnx"
 PARITY_ATOL = 1e-5  # unified vs exported, fp32 probabilities
 ONNX_ATOL = 1e-4  # torch vs onnxruntime probabilities
-# The Batch tensors the model reads, in the order the ONNX graph takes them; the first seven are per user.
-BATCH_INPUTS = (
-    "user_cat", "user_dense", "seq_item", "seq_side", "seq_action", "seq_age", "seq_mask",
-    "cand_cat", "cand_dense", "surface", "view_key", "user_index",
-)
-USER_INPUTS = frozenset(BATCH_INPUTS[:7])
 # Parameters that every surface shares: copied unchanged.
 _SHARED_PREFIXES = (
     "user_dense.", "cand_dense.", "sequence.", "target_attention.", "mmoe.first.", "mmoe.w2", "mmoe.b2",
@@ -259,7 +253,7 @@ def probabilities(model: nn.Module, b: Batch) -> Tensor:
 
 
 class BatchInputs(nn.Module):
-    """Wraps a model so it takes the `Batch` tensors positionally (`BATCH_INPUTS`) and returns probabilities."""
+    """Wraps a model so it takes the `Batch` tensors positionally (`MODEL_INPUTS`) and returns probabilities."""
 
     def __init__(self, model: UnifiedCTR) -> None:
         super().__init__()
@@ -312,21 +306,21 @@ def export_onnx(model: UnifiedCTR, path: Path, example: Batch, check: Batch, one
     wrapper = BatchInputs(model).eval()
     users, rows = torch.export.Dim("users"), torch.export.Dim("rows")
     user_dims = None if one_user else {0: users}  # one user: the user inputs keep their static first dim of 1
-    dynamic = tuple(user_dims if n in USER_INPUTS else {0: rows} for n in BATCH_INPUTS)
+    dynamic = tuple(user_dims if n in USER_FIELDS else {0: rows} for n in MODEL_INPUTS)
     log = io.StringIO()  # the exporter is chatty; keep its output for the error message only
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), \
                 _quiet_logger("torch.onnx"):
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                wrapper, tuple(getattr(example, n) for n in BATCH_INPUTS), str(path), dynamo=True,
-                input_names=list(BATCH_INPUTS), output_names=["probabilities"], dynamic_shapes=dynamic,
+                wrapper, tuple(getattr(example, n) for n in MODEL_INPUTS), str(path), dynamo=True,
+                input_names=list(MODEL_INPUTS), output_names=["probabilities"], dynamic_shapes=dynamic,
                 external_data=False, verbose=False,
             )
     except Exception as e:  # the exporter raises many types; all mean the same here
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {e}\n{log.getvalue()[-2000:]}") from e
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {n: getattr(check, n).numpy() for n in BATCH_INPUTS})[0]
+    got = session.run(None, {n: getattr(check, n).numpy() for n in MODEL_INPUTS})[0]
     diff = float(np.abs(got - probabilities(model, check).numpy()).max())
     if not diff <= ONNX_ATOL:
         raise ExportError(f"ONNX output differs from torch by {diff:.3g} (> {ONNX_ATOL}); export refused")

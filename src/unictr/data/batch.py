@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -73,13 +74,49 @@ class Schema:
         return [self.surfaces.index(s) for s, _ in self.view_keys]
 
 
-# The Batch fields of a user's action sequence, in the order `reader.pad_sequences` returns them.
-SEQUENCE_FIELDS = ("seq_item", "seq_side", "seq_action", "seq_age", "seq_mask")
+@dataclass(frozen=True)
+class FieldSpec:
+    """One `Batch` field: its side (`user`: leading dim U, `row`: leading dim N), dtype and shape, and
+    whether the model reads it (the model's inputs are what an ONNX graph takes, in `MODEL_INPUTS` order)."""
+
+    name: str
+    side: Literal["user", "row"]
+    dtype: torch.dtype
+    shape: str
+    model_input: bool = True
+    optional: bool = False
+
+
+# The Batch layout, declared once: the dataclass below, the ONNX inputs, the reader, the request encoder
+# and export all derive from this list (docs/data.md has the table).
+FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("user_cat", "user", torch.int64, "[U, Fu]"),
+    FieldSpec("user_dense", "user", torch.float32, "[U, Du]"),
+    FieldSpec("seq_item", "user", torch.int64, "[U, L]"),
+    FieldSpec("seq_side", "user", torch.int64, "[U, L, Ks]"),  # side features of each event's item (Ks may be 0)
+    FieldSpec("seq_action", "user", torch.int64, "[U, L]"),
+    FieldSpec("seq_age", "user", torch.float32, "[U, L]"),  # seconds before the request
+    FieldSpec("seq_mask", "user", torch.bool, "[U, L]"),  # left-padded
+    FieldSpec("cand_cat", "row", torch.int64, "[N, Fc]"),
+    FieldSpec("cand_dense", "row", torch.float32, "[N, Dc]"),
+    FieldSpec("surface", "row", torch.int64, "[N]"),
+    FieldSpec("view_key", "row", torch.int64, "[N]"),
+    FieldSpec("user_index", "row", torch.int64, "[N]"),  # row -> its user
+    FieldSpec("labels", "row", torch.float32, "[N, T]", model_input=False),
+    FieldSpec("label_mask", "row", torch.bool, "[N, T]", model_input=False),
+    FieldSpec("p_true", "row", torch.float32, "[N, T]", model_input=False, optional=True),  # simulator only
+)
+FIELD_NAMES = tuple(f.name for f in FIELDS)
+USER_FIELDS = frozenset(f.name for f in FIELDS if f.side == "user")
+# The tensors the model reads, in the order an exported graph takes them.
+MODEL_INPUTS = tuple(f.name for f in FIELDS if f.model_input)
+# A user's action sequence, in the order `reader.pad_sequences` returns it.
+SEQUENCE_FIELDS = tuple(f.name for f in FIELDS if f.name.startswith("seq_"))
 
 
 @dataclass
 class Batch:
-    """One batch in the broadcast layout (shapes in docs/data.md)."""
+    """One batch in the broadcast layout: one attribute per entry of `FIELDS` (its side, dtype and shape)."""
 
     user_cat: Tensor  # [U, Fu] int64
     user_dense: Tensor  # [U, Du] float32
@@ -137,7 +174,6 @@ class Batch:
         return self._take(ui, rows, rows)
 
     def _take(self, users: Tensor, rows: Tensor, user_index: Tensor) -> Batch:
-        user_fields = {"user_cat", "user_dense", "seq_item", "seq_side", "seq_action", "seq_age", "seq_mask"}
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
@@ -146,7 +182,7 @@ class Batch:
             elif v is None:
                 out[f.name] = None
             else:
-                out[f.name] = v[users] if f.name in user_fields else v[rows]
+                out[f.name] = v[users] if f.name in USER_FIELDS else v[rows]
         return Batch(**out)
 
     def with_(self, **changes: object) -> Batch:

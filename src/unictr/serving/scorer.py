@@ -43,10 +43,10 @@ from pydantic import Field, PlainValidator, Strict, StrictInt, StrictStr, TypeAd
 from typing_extensions import TypedDict
 
 from unictr.checkpoint import MODEL_FILE
-from unictr.data.batch import SEQUENCE_FIELDS, Batch, Schema
+from unictr.data.batch import MODEL_INPUTS, SEQUENCE_FIELDS, Batch, Schema
 from unictr.data.encode import hash_ids
 from unictr.data.reader import SequenceArrays, no_sequences, pad_sequences
-from unictr.export import BATCH_INPUTS, ONNX_FILE, ONNX_ONE_USER_FILE, load_export, probabilities, probe_batch
+from unictr.export import ONNX_FILE, ONNX_ONE_USER_FILE, load_export, probabilities, probe_batch
 from unictr.model import UnifiedCTR
 
 Int64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]
@@ -493,9 +493,9 @@ def _runner(
 
         def run(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
             session = one_user if len(arrays["user_cat"]) == 1 else general
-            return session.run(None, {n: arrays[n] for n in BATCH_INPUTS})[0]
+            return session.run(None, {n: arrays[n] for n in MODEL_INPUTS})[0]
 
-        return _Runner(run, lambda b: run({n: getattr(b, n).numpy() for n in BATCH_INPUTS}))
+        return _Runner(run, lambda b: run({n: getattr(b, n).numpy() for n in MODEL_INPUTS}))
     net = torch.compile(model.to(device), dynamic=True) if backend == "compile" else model.to(device)
 
     def forward(b: Batch) -> np.ndarray:
