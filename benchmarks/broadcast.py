@@ -23,7 +23,7 @@ from benchmarks import fixtures
 from benchmarks.floor import SHAPES, floor_ms, request_flops
 from benchmarks.harness import Context, compare, speedup
 from unictr.config import Config
-from unictr.export import probabilities
+from unictr.model import probabilities
 
 QUICK_SHAPES = ((1, 50), (1, 500))
 

@@ -16,9 +16,9 @@ from unictr.calibrate import calibrate_run, split_by_time
 from unictr.calibration_fit import fit_scoped
 from unictr.checkpoint import MANIFEST, load_model, sha256_file
 from unictr.cli import app
-from unictr.data.reader import load_split
-from unictr.export import export_surface, load_export, load_surface_split, probabilities
-from unictr.model import UnifiedCTR
+from unictr.data.reader import load_split, load_surface_split
+from unictr.export import export_surface, load_export
+from unictr.model import UnifiedCTR, probabilities
 from unictr.modules.calibration import PosthocCalibration
 from unictr.train.evaluate import predict, predict_logits
 

@@ -20,7 +20,7 @@ from tests.conftest import random_table
 from unictr.checkpoint import MANIFEST, MODEL_FILE, CheckpointError, load_model, sha256_file
 from unictr.cli import app
 from unictr.config import Config
-from unictr.data.reader import load_split
+from unictr.data.reader import load_split, load_surface_split
 from unictr.export import (
     ONNX_FILE,
     ONNX_ONE_USER_FILE,
@@ -28,12 +28,10 @@ from unictr.export import (
     export_all_surfaces,
     export_surface,
     load_export,
-    load_surface_split,
-    probabilities,
     prune_config,
     prune_state,
 )
-from unictr.model import UnifiedCTR
+from unictr.model import UnifiedCTR, probabilities
 from unictr.train.loop import train
 
 # --- helpers shared with test_serving.py and test_registry.py -------------------------------------------

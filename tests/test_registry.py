@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 from tests.test_export import derive_export, small_config, train_small_run
 from unictr.checkpoint import MODEL_FILE, CheckpointError
 from unictr.cli import app
-from unictr.export import export_surface, load_export, load_surface_split, probabilities
+from unictr.data.reader import load_surface_split
+from unictr.export import export_surface, load_export
+from unictr.model import probabilities
 from unictr.serving.registry import POINTER, GatePolicy, Registry, RegistryError
 
 SURFACE = "home_feed"

@@ -20,7 +20,9 @@ from typer.testing import CliRunner
 
 from tests.test_export import derive_export, same_time_table, small_config, table_to_request, train_small_run
 from unictr.cli import app
-from unictr.export import export_surface, load_surface_split, probabilities
+from unictr.data.reader import load_surface_split
+from unictr.export import export_surface
+from unictr.model import probabilities
 from unictr.serving.app import create_app
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry

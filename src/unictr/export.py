@@ -23,9 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
@@ -42,11 +39,9 @@ from unictr.checkpoint import (
     verify_file,
     versions,
 )
-from unictr.config import Config, DataSpec, config_from_dict
-from unictr.data.batch import MODEL_INPUTS, USER_FIELDS, Batch, Schema, concat_batches
-from unictr.data.errors import DataError
-from unictr.data.reader import encode_table, required_columns, split_files
-from unictr.model import UnifiedCTR
+from unictr.config import Config, config_from_dict
+from unictr.data.batch import MODEL_INPUTS, USER_FIELDS, Batch, Schema
+from unictr.model import UnifiedCTR, probabilities
 
 EXPORT_FORMAT = "unictr-export/1"
 ONNX_FILE = "model.onnx"
@@ -218,35 +213,6 @@ def to_surface_batch(b: Batch, full: Schema, pruned: Schema) -> Batch:
         view_key=torch.tensor([view_index[full.view_keys[k]] for k in b.view_key.tolist()], dtype=torch.int64),
         label_mask=torch.tensor(pruned.task_mask[0]).expand_as(b.label_mask).clone(),
     )
-
-
-def load_surface_split(path: str | Path, schema: Schema, keys: DataSpec, surface: str) -> Batch:
-    """The rows of `surface` from a canonical split (file or directory), encoded with `schema`.
-
-    Rows of other surfaces are dropped before encoding, so a pruned model's schema can read a
-    split written for the unified model.
-    """
-    wanted = required_columns(schema, keys)
-    parts = []
-    for file in split_files(path):
-        names = set(pq.ParquetFile(file).schema_arrow.names)
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise DataError(f"{file}: missing column(s) {missing}; see docs/data.md")
-        cols = wanted + [f"p_true_{t}" for t in schema.tasks if f"p_true_{t}" in names]
-        table = pq.read_table(file, columns=cols)
-        table = table.filter(pc.equal(table.column(keys.surface), pa.scalar(surface)))
-        if table.num_rows:
-            parts.append(encode_table(table, schema, keys, source=str(file)))
-    if not parts:
-        raise DataError(f"{path}: no rows of surface {surface!r}")
-    return concat_batches(parts)
-
-
-@torch.inference_mode()
-def probabilities(model: nn.Module, b: Batch) -> Tensor:
-    """Sigmoid of the model's calibrated logits, `[N, T]` float32."""
-    return torch.sigmoid(model(b).float())
 
 
 # --- ONNX -----------------------------------------------------------------------------------------

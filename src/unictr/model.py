@@ -177,15 +177,11 @@ class UnifiedCTR(nn.Module):
             return b.surface
         return torch.zeros_like(b.surface)
 
-    @torch.inference_mode()
-    def predict(self, b: Batch) -> Tensor:
-        """Probabilities `[N, T]` in eval mode."""
-        was = self.training
-        self.eval()
-        try:
-            return torch.sigmoid(self(b).float())
-        finally:
-            self.train(was)
+
+@torch.inference_mode()
+def probabilities(model: nn.Module, b: Batch) -> Tensor:
+    """Sigmoid of the model's calibrated logits, `[N, T]` float32 (the model's mode is the caller's)."""
+    return torch.sigmoid(model(b).float())
 
 
 def masked_bce(logits: Tensor, b: Batch, weights: Tensor) -> tuple[Tensor, Tensor]:

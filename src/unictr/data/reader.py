@@ -63,6 +63,29 @@ def load_split(path: str | Path, schema: Schema, keys: DataSpec) -> Batch:
     return concat_batches(list(iter_batches(path, schema, keys)))
 
 
+def load_surface_split(path: str | Path, schema: Schema, keys: DataSpec, surface: str) -> Batch:
+    """The rows of `surface` from a canonical split (file or directory), encoded with `schema`.
+
+    Rows of other surfaces are dropped before encoding, so a pruned model's schema can read a
+    split written for the unified model.
+    """
+    wanted = required_columns(schema, keys)
+    parts = []
+    for file in split_files(path):
+        names = set(pq.ParquetFile(file).schema_arrow.names)
+        missing = [c for c in wanted if c not in names]
+        if missing:
+            raise DataError(f"{file}: missing column(s) {missing}; see docs/data.md")
+        cols = wanted + [f"p_true_{t}" for t in schema.tasks if f"p_true_{t}" in names]
+        table = pq.read_table(file, columns=cols)
+        table = table.filter(pc.equal(table.column(keys.surface), pa.scalar(surface)))
+        if table.num_rows:
+            parts.append(encode_table(table, schema, keys, source=str(file)))
+    if not parts:
+        raise DataError(f"{path}: no rows of surface {surface!r}")
+    return concat_batches(parts)
+
+
 def encode_table(table: pa.Table, schema: Schema, keys: DataSpec, source: str = "<table>") -> Batch:
     """Validate and encode canonical rows; rows of one request must be contiguous."""
     n = table.num_rows

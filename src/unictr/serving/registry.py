@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from unictr.checkpoint import MANIFEST, CheckpointError, read_manifest, save_json, sha256_file
-from unictr.export import EXPORT_FORMAT, load_export, load_surface_split, probabilities, probe_batch, verify_files
+from unictr.data.reader import load_surface_split
+from unictr.export import EXPORT_FORMAT, load_export, probe_batch, verify_files
 from unictr.metrics import auc, calibration_ratio
-from unictr.model import UnifiedCTR
+from unictr.model import UnifiedCTR, probabilities
 
 POINTER = "pointer.json"
 PUBLISHED = "published.json"
