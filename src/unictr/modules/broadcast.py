@@ -1,4 +1,12 @@
-"""Linear layer over `[user[user_index] ‖ candidate]` that multiplies the user part once per user."""
+"""Linear layer over `[user[user_index] ‖ candidate]` that multiplies the user part once per user.
+
+One-user specialisation: a request of one user (one user's feed, hundreds of candidates) is the common
+serving case; its user tensors broadcast over the rows instead of being gathered per row. Each module
+with such a path keeps the gathering path as its reference and names the one-user path beside it
+(`*_one_user`); `one_user` picks between them from static shapes, so the choice is made when the graph
+is traced (an ONNX export for exactly one user) and for eager batches of one user, whose scores equal
+the reference path's (tests/test_specialisations.py).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +20,8 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 def one_user(user: Tensor) -> bool:
     """True when `user` (leading dim: unique users) holds a single user, known without a shape guard.
 
-    A 1-user request (one user's feed, hundreds of candidates) is the common serving case: its user
-    tensors broadcast over the rows instead of being gathered per row. Under an export with a dynamic
-    user dim this is False (the general, gathering graph); eagerly, or exported for one user, it is exact.
+    Under an export with a dynamic user dim this is False (the general, gathering graph); eagerly, or
+    exported for one user, it is exact.
     """
     return statically_known_true(user.shape[0] == 1)
 
@@ -47,8 +54,15 @@ class BroadcastLinear(nn.Module):
         return self.user(user) + self.cand.bias
 
     def forward(self, user: Tensor, cand: Tensor, user_index: Tensor) -> Tensor:
-        u = self.per_user(user)
-        if not one_user(u):  # with one user its row broadcasts: nothing is gathered
-            u = torch.index_select(u, 0, user_index)
-        # one GEMM that accumulates onto the user rows (no separate pass over [N, out] to add them)
-        return torch.addmm(u, cand, self.cand.weight.t())
+        if one_user(user):
+            return self.forward_one_user(user, cand)
+        return self.forward_general(user, cand, user_index)
+
+    def forward_general(self, user: Tensor, cand: Tensor, user_index: Tensor) -> Tensor:
+        """The reference path: each row gathers its user's row, then one GEMM accumulates onto it
+        (no separate pass over `[N, out]` to add the user rows)."""
+        return torch.addmm(torch.index_select(self.per_user(user), 0, user_index), cand, self.cand.weight.t())
+
+    def forward_one_user(self, user: Tensor, cand: Tensor) -> Tensor:
+        """The one-user specialisation: the user's `[1, out]` row broadcasts over the rows, nothing is gathered."""
+        return torch.addmm(self.per_user(user), cand, self.cand.weight.t())

@@ -11,8 +11,8 @@ from unictr.modules.broadcast import BroadcastLinear, one_user
 
 
 def _softmax(x: Tensor, dim: int = -1) -> Tensor:
-    """Softmax over `dim` (the few experts), written out: ONNX Runtime's Softmax kernel is slow on a
-    dim this short (50 µs for [500, 3, 4]; these five elementwise nodes take ~10 µs)."""
+    """Softmax over `dim` (the few experts), written out as five elementwise nodes: ONNX Runtime's
+    Softmax kernel is slow on a dim this short (docs/performance.md). `torch.softmax` is its reference."""
     e = torch.exp(x - x.amax(dim=dim, keepdim=True))
     return e / e.sum(dim=dim, keepdim=True)
 
@@ -46,35 +46,48 @@ class MMoE(nn.Module):
 
     def forward(self, user: Tensor, cand: Tensor, user_index: Tensor, surface: Tensor) -> Tensor:
         n = cand.shape[0]
-        out = self._experts(user, cand, user_index)  # [N, E, O]
+        out = self._experts_one_user(user, cand) if one_user(user) else self._experts(user, cand, user_index)
         if self.gate is None:
             return out.expand(n, self.tasks, self.out_dim)
         if self.surfaces == 1:
-            # A surface export: every row's gate is the one surface's. Its softmax over experts runs
-            # transposed ([T, E, N]), so each broadcast is over rows of N values, not N·T rows of 4 (ONNX
-            # Runtime's broadcasts over a short last dim are ~5x slower; two small transposes cost less).
-            logits = self.gate(user, cand, user_index).t().reshape(self.tasks, self.experts, n)
-            weights = _softmax(logits, dim=1).permute(2, 0, 1)
+            weights = self._gate_weights_one_surface(user, cand, user_index)
         else:
-            logits = self.gate(user, cand, user_index).view(n, self.surfaces, self.tasks * self.experts)
-            own = logits.gather(1, surface.view(n, 1, 1).expand(n, 1, logits.shape[2]))  # the row's surface
-            weights = _softmax(own.view(n, self.tasks, self.experts))
+            weights = self._gate_weights(user, cand, user_index, surface)
         return torch.matmul(weights, out)  # [N, T, E] @ [N, E, O]
 
-    def _experts(self, user: Tensor, cand: Tensor, user_index: Tensor) -> Tensor:
-        """Every expert's output `[N, E, O]`."""
+    def _gate_weights(self, user: Tensor, cand: Tensor, user_index: Tensor, surface: Tensor) -> Tensor:
+        """The reference gate: each row's (surface, task) softmax over experts, `[N, T, E]`."""
         n = cand.shape[0]
-        if one_user(user):
-            # Serving a single user: each expert as two GEMMs with its bias (the user row for the first)
-            # and ReLU fused, no [N, E, H] transposes: 5% faster in ONNX Runtime. Training batches use
-            # the form below (one wide GEMM, then a batched one): 15-40% faster there, forward and backward.
-            w1 = self.first.cand.weight.view(self.experts, self.hidden, -1)
-            u1 = self.first.per_user(user).view(self.experts, 1, self.hidden)
-            outs = []
-            for e in range(self.experts):  # expert by expert: one [N, H] hidden alive at a time, still in cache
-                hidden = torch.relu(torch.addmm(u1[e], cand, w1[e].t()))
-                outs.append(torch.relu(torch.addmm(self.b2[e], hidden, self.w2[e])))
-            return torch.stack(outs, dim=1)
+        logits = self.gate(user, cand, user_index).view(n, self.surfaces, self.tasks * self.experts)
+        own = logits.gather(1, surface.view(n, 1, 1).expand(n, 1, logits.shape[2]))  # the row's surface
+        return _softmax(own.view(n, self.tasks, self.experts))
+
+    def _gate_weights_one_surface(self, user: Tensor, cand: Tensor, user_index: Tensor) -> Tensor:
+        """The single-surface specialisation (a surface export): every row's gate is the one surface's.
+
+        Its softmax over experts runs transposed (`[T, E, N]`), so each broadcast is over rows of N values,
+        not N·T rows of E (ONNX Runtime's broadcasts over a short last dim are slow; two small transposes
+        cost less).
+        """
+        n = cand.shape[0]
+        logits = self.gate(user, cand, user_index).t().reshape(self.tasks, self.experts, n)
+        return _softmax(logits, dim=1).permute(2, 0, 1)
+
+    def _experts(self, user: Tensor, cand: Tensor, user_index: Tensor) -> Tensor:
+        """The reference: every expert's output `[N, E, O]` as one wide GEMM, then a batched one (the
+        faster form for training batches, forward and backward)."""
+        n = cand.shape[0]
         h = torch.relu(self.first(user, cand, user_index)).view(n, self.experts, self.hidden)
-        # matmul rather than einsum: the same math, exported to ONNX as plain MatMul nodes (10% faster there)
+        # matmul rather than einsum: the same math, exported to ONNX as plain MatMul nodes (faster there)
         return torch.relu(torch.matmul(h.transpose(0, 1), self.w2).transpose(0, 1) + self.b2)
+
+    def _experts_one_user(self, user: Tensor, cand: Tensor) -> Tensor:
+        """The one-user specialisation of `_experts`: each expert as two GEMMs with its bias (the user row
+        for the first) and ReLU fused, no `[N, E, H]` transposes (faster in ONNX Runtime)."""
+        w1 = self.first.cand.weight.view(self.experts, self.hidden, -1)
+        u1 = self.first.per_user(user).view(self.experts, 1, self.hidden)
+        outs = []
+        for e in range(self.experts):  # expert by expert: one [N, H] hidden alive at a time, still in cache
+            hidden = torch.relu(torch.addmm(u1[e], cand, w1[e].t()))
+            outs.append(torch.relu(torch.addmm(self.b2[e], hidden, self.w2[e])))
+        return torch.stack(outs, dim=1)

@@ -30,8 +30,8 @@ class TowerTree(nn.Module):
     """One tower per surface, each run only on its own rows (index-select, not masking).
 
     `late_columns[i]` lists which columns of the late-feature tensor tower `i` fuses (every column is
-    some tower's, so the tensor has `1 + max` of them). With a single
-    tower every row is its row, so no selection happens (the exported-surface and shared-tower case).
+    some tower's, so the tensor has `1 + max` of them). With a single tower every row is its row, so
+    no selection happens (`forward_single_tower`: the exported-surface and shared-tower case).
     `tower_of_surface` maps a surface index to its tower.
     """
 
@@ -63,7 +63,11 @@ class TowerTree(nn.Module):
     def forward(self, z: Tensor, late: Tensor, surface: Tensor) -> Tensor:
         """z `[N, P]`, late `[N, F_late, D]`, surface `[N]` → logits `[N, tasks]`."""
         if len(self.towers) == 1:
-            return self.towers[0](z, self._late(late, 0))
+            return self.forward_single_tower(z, late)
+        return self.forward_routed(z, late, surface)
+
+    def forward_routed(self, z: Tensor, late: Tensor, surface: Tensor) -> Tensor:
+        """The reference: each tower scores its own rows (index-select), written back in row order."""
         tower = self.tower_of_surface[surface]
         logits = z.new_zeros(z.shape[0], self.tasks)
         for i, t in enumerate(self.towers):
@@ -72,3 +76,7 @@ class TowerTree(nn.Module):
                 out = t(z[rows], self._late(late[rows], i))
                 logits = logits.index_copy(0, rows, out.to(logits.dtype))
         return logits
+
+    def forward_single_tower(self, z: Tensor, late: Tensor) -> Tensor:
+        """The single-tower specialisation (a surface export, a shared tower): every row is its row."""
+        return self.towers[0](z, self._late(late, 0))
