@@ -7,13 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unictr.config import SequenceModelSpec
 from unictr.modules.broadcast import BroadcastLinear
 from unictr.modules.calibration import LogitCalibration
 from unictr.modules.dcn import DCNv2Projection
 from unictr.modules.embedding import FusedEmbedding, RowwiseAdagrad
 from unictr.modules.mmoe import MMoE
 from unictr.modules.native import kernel as native_kernel
-from unictr.modules.sequence import SequenceEncoder, TargetAttention, random_window_mask, time_bucket
+from unictr.modules.sequence import TargetAttention, TransformerEncoder, random_window_mask, time_bucket
 from unictr.modules.towers import TowerTree
 
 
@@ -53,11 +54,10 @@ def test_time_buckets_monotone_and_clamped() -> None:
     assert b.tolist() == [0, 1, 2, 9, 15]
 
 
-def _encoder(**kw) -> SequenceEncoder:
-    args = dict(dim=8, num_actions=4, time_buckets=16, layers=2, heads=2, ff_mult=2, dropout=0.0, last_k=2,
-                window_mask_prob=0.0, window_max_seconds=100.0)
-    args.update(kw)
-    return SequenceEncoder(**args)
+def _encoder(**kw) -> TransformerEncoder:
+    spec = SequenceModelSpec(time_buckets=16, layers=2, heads=2, ff_mult=2, dropout=0.0, last_k=2,
+                             window_mask_prob=0.0, window_max_seconds=100.0)
+    return TransformerEncoder(spec.model_copy(update=kw), dim=8, num_actions=4)
 
 
 def _seq(u: int = 3, length: int = 6) -> tuple[torch.Tensor, ...]:

@@ -101,7 +101,13 @@ class DataSpec(_Strict):
 
 
 class SequenceModelSpec(_Strict):
-    enabled: bool = Field(default=True, description="Use the user-sequence Transformer (off for ablation).")
+    enabled: bool = Field(default=True, description="Use the user-sequence encoder (off for ablation).")
+    encoder: Literal["transformer", "mean_pool"] = Field(
+        default="transformer",
+        description="User-sequence encoder, by name (unictr.modules.encoders.ENCODERS): `transformer` (TransAct-style; "
+        "the fields below up to `last_k` are its own) or `mean_pool` (the masked mean of the event tokens, "
+        "an ablation baseline).",
+    )
     layers: int = Field(default=1, ge=1, description="Transformer encoder layers.")
     heads: int = Field(default=2, ge=1, description="Attention heads.")
     ff_mult: int = Field(default=2, ge=1, description="Feed-forward width as a multiple of the model width.")
@@ -158,7 +164,7 @@ class ModelSpec(_Strict):
         default=True, description="Pairwise dot products of the user and candidate embeddings enter the trunk."
     )
     dense_hidden: int = Field(default=16, ge=1, description="Width of the dense-feature projection.")
-    sequence: SequenceModelSpec = Field(default=SequenceModelSpec(), description="Sequence Transformer.")
+    sequence: SequenceModelSpec = Field(default=SequenceModelSpec(), description="User-sequence encoder.")
     mmoe: MMoESpec = Field(default=MMoESpec(), description="Mixture of experts.")
     dcn: DCNSpec = Field(default=DCNSpec(), description="DCNv2 projection.")
     tower: TowerSpec = Field(default=TowerSpec(), description="Surface towers.")

@@ -1,6 +1,6 @@
 """The unified multi-surface engagement model, composed top to bottom as in the design:
 
-    fused embedding → user side once per user (features + sequence Transformer)
+    fused embedding → user side once per user (features + sequence encoder, a Transformer by default)
     → candidate side per impression (features + target attention)
     → MMoE (gates per surface × task) → DCNv2 projection → per-surface towers → calibration
 """
@@ -16,9 +16,10 @@ from unictr.modules.broadcast import rows_of_users
 from unictr.modules.calibration import LogitCalibration, PosthocCalibration
 from unictr.modules.dcn import DCNv2Projection
 from unictr.modules.embedding import FusedEmbedding
+from unictr.modules.encoders import build_sequence_encoder
 from unictr.modules.interaction import DotInteraction
 from unictr.modules.mmoe import MMoE
-from unictr.modules.sequence import SequenceEncoder, TargetAttention
+from unictr.modules.sequence import TargetAttention
 from unictr.modules.towers import TowerTree
 
 
@@ -28,14 +29,22 @@ class UnifiedCTR(nn.Module):
     def __init__(self, cfg: Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.schema = s = Schema.from_config(cfg)
-        m = cfg.model
-        d = m.embedding_dim
+        self.schema = Schema.from_config(cfg)
+        # The builders run in this order: it is the order of the random initialisation and of the state dict.
         tower_feats = {f.name: f.towers for f in cfg.features if f.towers}
+        self._build_embeddings(tower_feats)
+        self._build_sequence()
+        user_dim, cand_dim = self._build_interaction()
+        self._build_trunk(user_dim, cand_dim)
+        self._build_towers(tower_feats)
+        self._build_calibration()
 
-        # Embeddings: every categorical table fused into one weight; features of one id space share a table.
-        owners = [f.name for f in cfg.features if f.kind == "categorical" and f.table is None]
-        self.embedding = FusedEmbedding(owners, [cfg.hash_size(n) for n in owners], d)
+    def _build_embeddings(self, tower_feats: dict[str, list[str]]) -> None:
+        """Every categorical table fused into one weight (features of one id space share a table), the
+        candidate columns split into trunk and tower features, the view type and dense projections."""
+        s, m, d = self.schema, self.cfg.model, self.cfg.model.embedding_dim
+        owners = [f.name for f in self.cfg.features if f.kind == "categorical" and f.table is None]
+        self.embedding = FusedEmbedding(owners, [self.cfg.hash_size(n) for n in owners], d)
         self.register_buffer("user_offsets", self._table_offsets(s.user_cat), persistent=False)
         self.register_buffer("cand_offsets", self._table_offsets(s.cand_cat), persistent=False)
         trunk_cols = [i for i, n in enumerate(s.cand_cat) if n not in tower_feats]
@@ -45,48 +54,54 @@ class UnifiedCTR(nn.Module):
         every = trunk_cols == list(range(len(s.cand_cat)))
         self.register_buffer("trunk_index", None if every else torch.tensor(trunk_cols), persistent=False)
         self.register_buffer("tower_index", torch.tensor(tower_cols, dtype=torch.int64), persistent=False)
+        self.trunk_fields = len(trunk_cols)
         self.view_embedding = nn.Embedding(len(s.view_keys), d)
         self.user_dense = nn.Linear(len(s.user_dense), m.dense_hidden) if s.user_dense else None
         self.cand_dense = nn.Linear(len(s.cand_dense), m.dense_hidden) if s.cand_dense else None
 
-        # Sequence: encoder per unique user, target attention per impression.
-        self.sequence: SequenceEncoder | None = None
-        if cfg.sequence is not None and m.sequence.enabled:
-            q = m.sequence
-            self.sequence = SequenceEncoder(
-                d, cfg.sequence.num_actions, q.time_buckets, q.layers, q.heads, q.ff_mult, q.dropout,
-                q.last_k, q.window_mask_prob, q.window_max_seconds,
-            )
-            self.target_attention = TargetAttention(d)
-            self.item_col = s.cand_cat.index(cfg.sequence.item_feature)
-            self.item_offset = int(self._table_offsets([cfg.sequence.item_feature])[0])
-            # each event's side features share their candidate feature's table; the candidate's join the query
-            side = list(cfg.sequence.side_features.values())
-            self.side_cols = [s.cand_cat.index(f) for f in side]
-            self.register_buffer("side_offsets", self._table_offsets(side), persistent=False)
+    def _build_sequence(self) -> None:
+        """The sequence encoder `model.sequence.encoder` names, per unique user; target attention per impression."""
+        cfg, s = self.cfg, self.schema
+        self.sequence: nn.Module | None = None
+        if cfg.sequence is None or not cfg.model.sequence.enabled:
+            return
+        self.sequence = build_sequence_encoder(cfg.model.sequence, cfg.model.embedding_dim, cfg.sequence.num_actions)
+        self.target_attention = TargetAttention(cfg.model.embedding_dim)
+        self.item_col = s.cand_cat.index(cfg.sequence.item_feature)
+        self.item_offset = int(self._table_offsets([cfg.sequence.item_feature])[0])
+        # each event's side features share their candidate feature's table; the candidate's join the query
+        side = list(cfg.sequence.side_features.values())
+        self.side_cols = [s.cand_cat.index(f) for f in side]
+        self.register_buffer("side_offsets", self._table_offsets(side), persistent=False)
 
+    def _build_interaction(self) -> tuple[int, int]:
+        """Explicit crosses: dot products among user fields, candidate trunk fields (and the sequence
+        summary). Returns the widths of the user and candidate vectors that enter the trunk."""
+        s, m, d = self.schema, self.cfg.model, self.cfg.model.embedding_dim
         user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
         user_dim += self.sequence.out_dim if self.sequence else 0
-        cand_dim = len(trunk_cols) * d + (m.dense_hidden if s.cand_dense else 0)
+        cand_dim = self.trunk_fields * d + (m.dense_hidden if s.cand_dense else 0)
         cand_dim += d if self.sequence else 0
-        # Explicit crosses: dot products among user fields, candidate trunk fields (and the sequence summary).
         self.interaction: DotInteraction | None = None
         if m.interaction:
-            fields = len(s.user_cat) + len(trunk_cols) + (1 if self.sequence else 0)
-            self.interaction = DotInteraction(fields)
+            self.interaction = DotInteraction(len(s.user_cat) + self.trunk_fields + (1 if self.sequence else 0))
             cand_dim += self.interaction.out_dim
+        return user_dim, cand_dim
 
-        # Shared trunk: MMoE, then the DCNv2 projection that shrinks its output.
-        tasks = len(s.tasks)
+    def _build_trunk(self, user_dim: int, cand_dim: int) -> None:
+        """Shared trunk: MMoE (gates per surface × task), then the DCNv2 projection that shrinks its output."""
+        m, tasks = self.cfg.model, len(self.schema.tasks)
         self.mmoe = MMoE(
             user_dim, cand_dim, m.mmoe.experts, m.mmoe.expert_hidden, m.mmoe.expert_dim,
-            len(s.surfaces), tasks, enabled=m.mmoe.enabled,
+            len(self.schema.surfaces), tasks, enabled=m.mmoe.enabled,
         )
         self.projection = DCNv2Projection(tasks * m.mmoe.expert_dim, m.dcn.layers, m.dcn.rank, m.dcn.out_dim)
 
-        # Towers: late fusion of the view type plus each surface's own tower features.
-        late_view = len(tower_cols)  # the view-type embedding is the last late column
-        tower_names = [s.cand_cat[i] for i in tower_cols]
+    def _build_towers(self, tower_feats: dict[str, list[str]]) -> None:
+        """Towers: late fusion of the view type plus each surface's own tower features (or all, shared)."""
+        s, m = self.schema, self.cfg.model
+        tower_names = [n for n in s.cand_cat if n in tower_feats]
+        late_view = len(tower_names)  # the view-type embedding is the last late column
         if m.tower.per_surface:
             late_columns = [
                 [j for j, n in enumerate(tower_names) if sn in tower_feats[n]] + [late_view] for sn in s.surfaces
@@ -95,16 +110,19 @@ class UnifiedCTR(nn.Module):
         else:
             late_columns = [list(range(len(tower_names))) + [late_view]]
             tower_of_surface = [0] * len(s.surfaces)
-        self.towers = TowerTree(m.dcn.out_dim, late_columns, d, m.tower.hidden, tasks, tower_of_surface)
+        self.towers = TowerTree(
+            m.dcn.out_dim, late_columns, m.embedding_dim, m.tower.hidden, len(s.tasks), tower_of_surface
+        )
 
-        # Calibration keyed by view type, surface or nothing.
-        self.calibration_scope = m.calibration.scope
+    def _build_calibration(self) -> None:
+        """Calibration keyed by view type, surface or nothing, then the post-hoc fit (`unictr calibrate`)
+        per view key × task: a child of `calibration`, so its tensors are `calibration.posthoc.*` and
+        export prunes them by view-key rows."""
+        s, c = self.schema, self.cfg.model.calibration
+        self.calibration_scope = c.scope
         keys = {"view_type": len(s.view_keys), "surface": len(s.surfaces), "global": 1}[self.calibration_scope]
-        self.calibration = LogitCalibration(keys, tasks)
-        # Post-hoc fit (`unictr calibrate`) per view key × task after it; a child of `calibration`, so its
-        # tensors are `calibration.posthoc.*` and export prunes them by view-key rows.
-        c = m.calibration
-        self.calibration.posthoc = PosthocCalibration(c.posthoc, len(s.view_keys), tasks, c.posthoc_knots)
+        self.calibration = LogitCalibration(keys, len(s.tasks))
+        self.calibration.posthoc = PosthocCalibration(c.posthoc, len(s.view_keys), len(s.tasks), c.posthoc_knots)
 
     def _table_offsets(self, features: list[str] | tuple[str, ...]) -> Tensor:
         """Row offsets in the fused table of the tables these features use."""
