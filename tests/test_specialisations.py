@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from tests.conftest import random_table
+from unictr.config import config_from_dict
+from unictr.data.reader import encode_table
+from unictr.model import UnifiedCTR
 from unictr.modules.broadcast import BroadcastLinear, rows_of_users
 from unictr.modules.mmoe import MMoE, _softmax
 from unictr.modules.sequence import TargetAttention
@@ -76,3 +80,20 @@ def test_single_tower_equals_routed() -> None:
     tree = TowerTree(6, late_columns=[[0, 2]], late_dim=3, hidden=[4], tasks=2, tower_of_surface=[0, 0])
     z, late, surface = torch.randn(7, 6), torch.randn(7, 3, 3), torch.tensor([0, 1, 1, 0, 0, 1, 0])
     assert torch.equal(tree.forward_single_tower(z, late), tree.forward_routed(z, late, surface))
+
+
+def test_trunk_without_tower_features_skips_the_gather_exactly(sim_config) -> None:
+    """A model whose trunk takes every candidate column (a surface export without tower features) skips
+    the column gather; gathering every column in order gives the same scores."""
+    raw = sim_config.model_dump(mode="json")
+    for f in raw["features"]:
+        f["towers"] = []
+    cfg = config_from_dict(raw, "<no tower features>")
+    torch.manual_seed(0)
+    model = UnifiedCTR(cfg).eval()
+    assert model.trunk_index is None
+    b = encode_table(random_table(cfg, 12, seed=3), model.schema, cfg.data)
+    with torch.no_grad():
+        skipped = model(b)
+        model.trunk_index = torch.arange(len(model.schema.cand_cat))
+        assert torch.equal(model(b), skipped)
