@@ -24,8 +24,9 @@ def _lookup(weight: Tensor, rows: Tensor, bag_offsets: Tensor | None = None, spa
 
 class _DenseLookup(torch.autograd.Function):
     """`F.embedding` of `[n]` rows whose weight gradient is one `index_add_` into a zero table: on the CPU
-    the same sums in the same order as torch's `embedding_dense_backward`, bit for bit, 3-4x faster (that
-    kernel sorts the ids first). For the dense optimizers (AdamW), which need the table-sized gradient."""
+    the same sums in the same order as torch's `embedding_dense_backward`, bit for bit, and faster (that
+    kernel sorts the ids first; docs/performance.md). For the dense optimizers (AdamW), which need the
+    table-sized gradient."""
 
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, weight: Tensor, rows: Tensor) -> Tensor:
@@ -80,7 +81,7 @@ class RowwiseAdagrad:
                     self._gbuf, self.lr, self.eps, self.weight_decay,
                 )
                 return
-        # index_fill / index_select / index_copy_: the same as bool-mask and fancy indexing, 2-3x faster on CPU
+        # index_fill / index_select / index_copy_: the same as bool-mask and fancy indexing, faster on CPU
         self._seen.index_fill_(0, rows.reshape(-1), True)
         touched = self._seen.nonzero().squeeze(1)  # sorted unique rows, without a sort of all ids
         self._seen.index_fill_(0, touched, False)
