@@ -48,6 +48,7 @@ class _Inputs:
     history: Path | None
 
     def all(self) -> list[Path]:
+        """Every input file, in the order `meta.json` lists their SHA-256."""
         return [*self.logs, self.users, self.videos, *([self.history] if self.history else [])]
 
 
@@ -140,16 +141,7 @@ def _check_options(
     for k, v in mapping.items():
         if not isinstance(v, str) or not v:
             raise DataError(f"surfaces: tab {k!r} maps to {v!r}, expected a non-empty name")
-    return _Options(
-        eval_from=eval_from,
-        eval_until=eval_until,
-        split_day=split_day,
-        until_day=until_day,
-        surfaces=mapping,
-        max_seq_len=max_seq_len,
-        request_gap_s=request_gap_s,
-        engaged_only=engaged_only,
-    )
+    return _Options(eval_from, eval_until, split_day, until_day, mapping, max_seq_len, request_gap_s, engaged_only)
 
 
 def _columns(

@@ -178,6 +178,7 @@ def _surface_stats(world: World) -> dict[str, dict]:
 
 
 def _is_simulation(out: Path) -> bool:
+    """Whether `out/meta.json` was written by this simulator (so `out` may be replaced)."""
     try:
         return json.loads((out / "meta.json").read_text()).get("generator") == GENERATOR
     except (OSError, ValueError, AttributeError):

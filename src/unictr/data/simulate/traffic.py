@@ -26,6 +26,8 @@ from unictr.data.simulate.world import (
 
 @dataclass
 class Requests:
+    """Per request (in time order): who, where, in which view, when, with what intent and context."""
+
     user: np.ndarray
     surface: np.ndarray
     view: np.ndarray  # index into VIEW_TYPES
@@ -38,6 +40,7 @@ class Requests:
 
 
 def draw_requests(rng: np.random.Generator, users: Users, ads: Ads, rows: int) -> Requests:
+    """Enough requests of 3..12 candidates each for exactly `rows` impressions, in time order."""
     drawn = rng.integers(3, 13, size=rows // 3 + 1)  # 3..12 candidates; enough requests for `rows`
     ends = np.cumsum(drawn)
     n = int(np.searchsorted(ends, rows)) + 1

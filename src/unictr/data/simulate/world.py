@@ -104,15 +104,19 @@ def sample_rows(cdf: np.ndarray, which: np.ndarray, rng: np.random.Generator) ->
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function."""
     return 1.0 / (1.0 + np.exp(-x))
 
 
 def _standardise(x: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance, as float32."""
     return ((x - x.mean()) / x.std()).astype(np.float32)
 
 
 @dataclass
 class Users:
+    """Per user: raw id, observed profile columns and the latent traits that drive engagement."""
+
     ids: np.ndarray
     interest_cdf: np.ndarray  # [U, K] cumulative long-term interest
     affinity: np.ndarray  # [U, K] interest smoothed over related topics: the shared affinity term
@@ -127,6 +131,7 @@ class Users:
 
 
 def draw_users(rng: np.random.Generator, n: int) -> Users:
+    """`n` users with two observed long-term interests each."""
     # Two long-term interests, both observed (user_segment, user_interest2), as a profile would carry
     # them; the short-term intent is what only the action sequence reveals. Hidden per-user noise is kept
     # small so the oracle is learnable from the features.
@@ -154,6 +159,8 @@ def draw_users(rng: np.random.Generator, n: int) -> Users:
 
 @dataclass
 class Ads:
+    """Per ad: raw ids, topic, format, latent quality and age; plus a by-topic index for retrieval."""
+
     ids: np.ndarray
     advertiser: np.ndarray  # advertiser index
     advertiser_ids: np.ndarray  # raw advertiser id per ad
@@ -178,6 +185,7 @@ class Ads:
 
 
 def draw_ads(rng: np.random.Generator) -> Ads:
+    """NUM_ADS ads from NUM_ADVERTISERS advertisers, each advertiser mostly on one topic."""
     advertiser_topic = rng.permutation(np.arange(NUM_ADVERTISERS) % NUM_TOPICS)
     advertiser_quality = 0.5 * rng.standard_normal(NUM_ADVERTISERS)
     advertiser_size = rng.pareto(3.0, NUM_ADVERTISERS) + 0.5
