@@ -14,7 +14,8 @@ import pytest
 
 from unictr.config import load_config
 from unictr.data.errors import DataError
-from unictr.data.kuairand import NUM_ACTIONS, convert_kuairand
+from unictr.data.kuairand import convert_kuairand
+from unictr.data.kuairand.schema import NUM_ACTIONS
 
 ROOT = Path(__file__).parents[1]
 DATA = (ROOT / ".." / "shared" / "data" / "kuairand").resolve()

@@ -13,7 +13,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from unictr.config import Config, config_from_dict, load_config
-from unictr.data.simulate import MAX_SEQ_LEN, NUM_ACTIONS, simulate
+from unictr.data.simulate import simulate
+from unictr.data.simulate.world import MAX_SEQ_LEN, NUM_ACTIONS
 
 ROWS = 20_000
 CONFIG_PATH = Path(__file__).resolve().parents[1] / "configs" / "sim.yaml"
