@@ -17,7 +17,6 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
-import math
 import re
 import shutil
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ from unictr.checkpoint import MANIFEST, CheckpointError, save_json, sha256_file
 from unictr.data.reader import load_surface_split
 from unictr.export.artifact import NotAnExport, load_export, read_export_manifest, staged_dir, verify_files
 from unictr.export.probe import probe_batch
-from unictr.metrics import auc, calibration_ratio
+from unictr.metrics import auc, calibration_ratio, json_float
 from unictr.model import UnifiedCTR, probabilities
 
 POINTER = "pointer.json"
@@ -324,17 +323,13 @@ def _eval_metrics(model: UnifiedCTR, tasks: list[str], eval_data: str | Path, su
         j = model.schema.tasks.index(t)
         p, y = probs[:, j], labels[:, j]
         out[t] = {
-            "auc": _finite_or_none(auc(y, p)),
-            "calibration_ratio": _finite_or_none(calibration_ratio(y, p)),
-            "mean_prediction": _finite_or_none(float(p.mean())),
+            "auc": json_float(auc(y, p)),
+            "calibration_ratio": json_float(calibration_ratio(y, p)),
+            "mean_prediction": json_float(float(p.mean())),
             "n": int(y.size),
             "finite": bool(np.isfinite(p).all()),
         }
     return out
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 def _fmt(x: float | None) -> str:
