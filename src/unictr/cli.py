@@ -403,7 +403,7 @@ def experiment_unify(
     """Unified vs one model per surface vs one shared tower vs LightGBM (and ablations), same data and budget."""
     import shlex
 
-    from unictr.experiment import run_experiment
+    from unictr.experiment.run import run_experiment
 
     cfg = _load(config)
     try:
