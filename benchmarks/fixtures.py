@@ -15,7 +15,7 @@ from benchmarks.harness import Context
 from unictr.config import Config, load_config, with_changes
 from unictr.data.batch import Batch
 from unictr.data.simulate import simulate
-from unictr.export import prune_model
+from unictr.export.prune import prune_model
 from unictr.model import UnifiedCTR
 from unictr.serving.scorer import Scorer
 

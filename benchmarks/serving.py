@@ -35,7 +35,7 @@ from benchmarks import fixtures
 from benchmarks.floor import floor_ms, request_flops
 from benchmarks.harness import Context, bf16_support, compare, summarize, threads
 from unictr.config import with_changes
-from unictr.export import export_surface
+from unictr.export.job import export_surface
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
 from unictr.serving.scorer import Scorer, to_columns, to_numpy_columns

@@ -11,11 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.test_export import same_time_table, small_config, table_to_request, train_small_run
-from tests.test_serving import SURFACE
+from tests.fixtures import SURFACE, same_time_table, small_config, table_to_request, train_small_run
 from unictr.bench import headlines
+from unictr.checkpoint import MANIFEST
 from unictr.cli import app
-from unictr.export import MANIFEST, ONNX_ONE_USER_FILE, export_surface
+from unictr.export.artifact import ONNX_ONE_USER_FILE
+from unictr.export.job import export_surface
 from unictr.modules.embedding import FusedEmbedding
 from unictr.serving.scorer import Scorer
 

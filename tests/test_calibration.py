@@ -11,13 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.test_export import small_config, train_small_run
+from tests.fixtures import small_config, train_small_run
 from unictr.calibrate import calibrate_run, split_by_time
 from unictr.calibration_fit import fit_scoped
 from unictr.checkpoint import MANIFEST, load_model, sha256_file
 from unictr.cli import app
 from unictr.data.reader import load_split, load_surface_split
-from unictr.export import export_surface, load_export
+from unictr.export.artifact import load_export
+from unictr.export.job import export_surface
 from unictr.model import UnifiedCTR, probabilities
 from unictr.modules.calibration import PosthocCalibration
 from unictr.train.evaluate import predict, predict_logits

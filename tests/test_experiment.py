@@ -19,7 +19,10 @@ from unictr.checkpoint import load_model
 from unictr.cli import app
 from unictr.config import config_from_dict, load_config
 from unictr.data.reader import load_split
-from unictr.experiment import DEFAULT_ARMS, ArmSkipped, run_experiment, surface_config, train_lightgbm
+from unictr.experiment.arms import ArmSkipped
+from unictr.experiment.baselines import train_lightgbm
+from unictr.experiment.run import DEFAULT_ARMS, run_experiment
+from unictr.export.prune import prune_config
 from unictr.metrics import bootstrap_auc_diff
 from unictr.train.evaluate import predict
 
@@ -216,15 +219,15 @@ def test_missing_lightgbm_skips_the_arm_with_a_message(tiny, monkeypatch, tmp_pa
         run_experiment(cfg, tiny["data"], tmp_path / "rep", arms=("lightgbm",))
 
 
-def test_surface_config_prunes_tasks_and_tower_features(sim_config):
-    cfg = surface_config(sim_config, "search")
+def test_prune_config_for_one_surface_drops_tasks_and_tower_features(sim_config):
+    cfg = prune_config(sim_config, "search", keep_shapes=False)
     assert cfg.surface_names == ["search"]
     assert cfg.task_names == ["click", "long_click"]  # save applies to home_feed and related only
     feats = {f.name: f.towers for f in cfg.features}
     assert feats["query_ad_match"] == ["search"] and "context_item_id" not in feats
-    assert surface_config(sim_config, "related").task_names == ["click", "save", "long_click"]
+    assert prune_config(sim_config, "related", keep_shapes=False).task_names == ["click", "save", "long_click"]
     with pytest.raises(ValueError, match="nowhere"):
-        surface_config(sim_config, "nowhere")
+        prune_config(sim_config, "nowhere", keep_shapes=False)
 
 
 def test_unknown_arm_fails(sim_config, tmp_path):

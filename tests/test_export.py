@@ -3,98 +3,24 @@
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
-from rich.console import Console
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from tests.conftest import random_table
+from tests.fixtures import small_config, train_small_run
 from unictr.checkpoint import MANIFEST, MODEL_FILE, CheckpointError, load_model, sha256_file
 from unictr.cli import app
 from unictr.config import Config
 from unictr.data.reader import load_split, load_surface_split
-from unictr.export import (
-    ONNX_FILE,
-    ONNX_ONE_USER_FILE,
-    ExportError,
-    export_all_surfaces,
-    export_surface,
-    load_export,
-    prune_config,
-    prune_state,
-)
+from unictr.export import ExportError
+from unictr.export.artifact import ONNX_FILE, ONNX_ONE_USER_FILE, load_export
+from unictr.export.job import export_all_surfaces, export_surface
+from unictr.export.prune import prune_config, prune_state
 from unictr.model import UnifiedCTR, probabilities
-from unictr.train.loop import train
-
-# --- helpers shared with test_serving.py and test_registry.py -------------------------------------------
-
-
-def small_config(cfg: Config) -> Config:
-    """The sim config with small tables, one short epoch and one thread: a test run trains in well under a second."""
-    raw = cfg.model_dump(mode="json")
-    for f in raw["features"]:
-        if f["hash_size"]:
-            f["hash_size"] = min(f["hash_size"], 512)
-    raw["train"].update(epochs=1, batch_size=64, threads=1)
-    return Config.model_validate(raw)
-
-
-def train_small_run(cfg: Config, root: Path) -> tuple[Path, Path]:
-    """(data dir, run dir) of a tiny run on random canonical data."""
-    data = root / "data"
-    for split, seed in (("train", 0), ("eval", 1)):
-        (data / split).mkdir(parents=True)
-        pq.write_table(random_table(cfg, 60, seed=seed), data / split / "part-00000.parquet")
-    train(cfg, data, root / "run", console=Console(quiet=True), show_progress=False)
-    return data, root / "run"
-
-
-def derive_export(src: Path, dst: Path, change: Callable[[dict[str, torch.Tensor]], None]) -> Path:
-    """A valid export at `dst` whose weights are `src`'s changed in place by `change` (manifest re-signed)."""
-    shutil.copytree(src, dst)
-    weights = load_file(str(dst / MODEL_FILE))
-    change(weights)
-    save_file(weights, str(dst / MODEL_FILE))
-    manifest = json.loads((dst / MANIFEST).read_text())
-    manifest["files"] = {MODEL_FILE: sha256_file(dst / MODEL_FILE)}
-    (dst / ONNX_FILE).unlink(missing_ok=True)
-    (dst / MANIFEST).write_text(json.dumps(manifest))
-    return dst
-
-
-def table_to_request(table: pa.Table, cfg: Config, surface: str, request_time_ms: int) -> dict:
-    """A score request holding every row of `surface`: one request user per canonical request id."""
-    rows = table.filter(pa.compute.equal(table["surface"], surface)).to_pylist()
-    user_cols = [f.name for f in cfg.features if f.side == "user"]
-    cand_cols = [f.name for f in cfg.features if f.side == "candidate"]
-    users: dict[str, dict] = {}
-    candidates = []
-    for r in rows:
-        uid = f"req-{r['request_id']}"
-        users.setdefault(uid, {
-            "id": uid,
-            "features": {n: r[n] for n in user_cols},
-            "sequence": {"items": r["seq_item"], "actions": r["seq_action"], "timestamps_ms": r["seq_ts"],
-                         **{c: r[c] for c in cfg.sequence.side_features}},
-        })
-        candidates.append({"user": uid, "features": {n: r[n] for n in cand_cols}, "view_type": r["view_type"]})
-    return {"request_time_ms": request_time_ms, "users": list(users.values()), "candidates": candidates}
-
-
-def same_time_table(cfg: Config, requests: int, seed: int) -> tuple[pa.Table, int]:
-    """A random table whose rows all share one timestamp (a single score request's time)."""
-    t = random_table(cfg, requests, seed=seed)
-    now = int(pa.compute.max(t["timestamp"]).as_py()) + 1
-    return t.set_column(t.schema.get_field_index("timestamp"), "timestamp", pa.array([now] * t.num_rows)), now
-
 
 # --- fixtures -------------------------------------------------------------------------------------------
 
@@ -185,7 +111,7 @@ def test_failed_export_leaves_nothing(small_run, tmp_path, monkeypatch) -> None:
     def broken(*_: object, **__: object) -> float:
         raise ExportError("ONNX output differs from torch")
 
-    monkeypatch.setattr("unictr.export.export_onnx", broken)
+    monkeypatch.setattr("unictr.export.job.export_onnx", broken)
     with pytest.raises(ExportError, match="differs"):
         export_surface(run, "search", tmp_path / "exp", fmt="onnx")
     assert list(tmp_path.iterdir()) == []
@@ -198,19 +124,19 @@ def test_export_refuses_foreign_directory(small_run, tmp_path) -> None:
 
 
 def test_prune_config_keeps_every_task(sim_config) -> None:
-    pruned = prune_config(sim_config, "search")
+    pruned = prune_config(sim_config, "search", keep_shapes=True)
     assert [s.name for s in pruned.surfaces] == ["search"]
     assert [t.surfaces for t in pruned.tasks] == [["search"], [], ["search"]]  # save does not apply on search
     assert [f.name for f in pruned.features if f.towers] == ["query_ad_match"]
     with pytest.raises(ExportError, match=r"unknown surface 'x'; the run knows \['home_feed', 'search', 'related'\]"):
-        prune_config(sim_config, "x")
+        prune_config(sim_config, "x", keep_shapes=True)
 
 
 def test_prune_state_slices_extra_calibration_and_refuses_unknown(sim_config) -> None:
     """Tensors added to calibration later are sliced by their key dim; unknown parameters are refused."""
     cfg = small_config(sim_config)
     full = UnifiedCTR(cfg)
-    pruned = UnifiedCTR(prune_config(cfg, "related"))
+    pruned = UnifiedCTR(prune_config(cfg, "related", keep_shapes=True))
     full.calibration.register_buffer("posthoc_a", torch.arange(12.0).view(6, 2))  # 6 view keys
     pruned.calibration.register_buffer("posthoc_a", torch.zeros(2, 2))
     state = prune_state(full, pruned, "related")

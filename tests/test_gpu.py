@@ -12,7 +12,7 @@ import torch
 from rich.console import Console
 
 from tests.conftest import random_table
-from tests.test_export import small_config
+from tests.fixtures import small_config
 from unictr.checkpoint import load_model
 from unictr.data.reader import load_split
 from unictr.train.evaluate import predict

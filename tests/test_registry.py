@@ -13,11 +13,12 @@ import pytest
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from tests.test_export import derive_export, small_config, train_small_run
+from tests.fixtures import derive_export, small_config, train_small_run
 from unictr.checkpoint import MODEL_FILE, CheckpointError
 from unictr.cli import app
 from unictr.data.reader import load_surface_split
-from unictr.export import export_surface, load_export
+from unictr.export.artifact import load_export
+from unictr.export.job import export_surface
 from unictr.model import probabilities
 from unictr.serving.registry import POINTER, GatePolicy, Registry, RegistryError
 

@@ -18,17 +18,15 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from tests.test_export import derive_export, same_time_table, small_config, table_to_request, train_small_run
+from tests.fixtures import SURFACE, derive_export, same_time_table, small_config, table_to_request, train_small_run
 from unictr.cli import app
 from unictr.data.reader import load_surface_split
-from unictr.export import export_surface
+from unictr.export.job import export_surface
 from unictr.model import probabilities
 from unictr.serving.app import create_app
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
 from unictr.serving.scorer import RequestError, Scorer, ScoreResult, to_columns, to_numpy_columns
-
-SURFACE = "search"
 
 
 @pytest.fixture(scope="module")

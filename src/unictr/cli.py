@@ -78,7 +78,7 @@ def quickstart(
 ) -> None:
     """Simulate → train → evaluate, then print the per-surface table and the paths."""
     from unictr.data.simulate import simulate
-    from unictr.export import export_all_surfaces
+    from unictr.export.job import export_all_surfaces
     from unictr.train.loop import train
 
     cfg = _load(config)
@@ -155,7 +155,8 @@ def export_cmd(
 ) -> None:
     """Export one surface's pruned model (trunk + its tower, heads, calibration) with a manifest."""
     from unictr.checkpoint import CheckpointError
-    from unictr.export import ExportError, export_surface
+    from unictr.export import ExportError
+    from unictr.export.job import export_surface
 
     try:
         manifest = export_surface(run, surface, out, fmt=fmt)
@@ -402,7 +403,7 @@ def experiment_unify(
     """Unified vs one model per surface vs one shared tower vs LightGBM (and ablations), same data and budget."""
     import shlex
 
-    from unictr.experiment import run_experiment
+    from unictr.experiment.run import run_experiment
 
     cfg = _load(config)
     try:

@@ -129,7 +129,12 @@ def ece(y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float], bins: 
     return float(np.sum(count * np.abs(mean_p - mean_y)) / count.sum())
 
 
-def _json_float(x: float) -> float | None:
+def json_float(x: float) -> float | None:
+    """`x` as a JSON-safe float: nan (an undefined metric) becomes None.
+
+    The one NaN helper for every JSON output (metric blocks, the experiment report, the registry's
+    gate); the metrics here are finite wherever they are defined, so nan is the only case to map.
+    """
     return None if math.isnan(x) else float(x)
 
 
@@ -143,16 +148,16 @@ def metric_block(
     """
     y, p = _as_arrays(y, p)
     out: dict[str, float | int | None] = {
-        "auc": _json_float(auc(y, p)),
-        "logloss": _json_float(logloss(y, p)),
-        "ne": _json_float(normalized_entropy(y, p)),
-        "calibration_ratio": _json_float(calibration_ratio(y, p)),
-        "ece": _json_float(ece(y, p)),
+        "auc": json_float(auc(y, p)),
+        "logloss": json_float(logloss(y, p)),
+        "ne": json_float(normalized_entropy(y, p)),
+        "calibration_ratio": json_float(calibration_ratio(y, p)),
+        "ece": json_float(ece(y, p)),
         "n": int(y.size),
     }
     if p_true is not None:
-        out["oracle_auc"] = _json_float(auc(y, p_true))
-        out["oracle_logloss"] = _json_float(logloss(y, p_true))
+        out["oracle_auc"] = json_float(auc(y, p_true))
+        out["oracle_logloss"] = json_float(logloss(y, p_true))
     return out
 
 

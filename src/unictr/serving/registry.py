@@ -17,10 +17,8 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
-import math
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from unictr.checkpoint import MANIFEST, CheckpointError, read_manifest, save_json, sha256_file
+from unictr.checkpoint import MANIFEST, CheckpointError, save_json, sha256_file
 from unictr.data.reader import load_surface_split
-from unictr.export import EXPORT_FORMAT, load_export, probe_batch, verify_files
-from unictr.metrics import auc, calibration_ratio
+from unictr.export.artifact import NotAnExport, load_export, read_export_manifest, staged_dir, verify_files
+from unictr.export.probe import probe_batch
+from unictr.metrics import auc, calibration_ratio, json_float
 from unictr.model import UnifiedCTR, probabilities
 
 POINTER = "pointer.json"
@@ -152,9 +151,10 @@ class Registry:
         """Copy a verified export of `surface` in as the next version; returns its name. Nothing goes live."""
         versions_dir = self._surface_dir(surface) / "versions"
         export_dir = Path(export_dir)
-        manifest = read_manifest(export_dir)
-        if manifest.get("format") != EXPORT_FORMAT:
-            raise RegistryError(f"{export_dir}: not a surface export (run `unictr export` first)")
+        try:
+            manifest = read_export_manifest(export_dir)
+        except NotAnExport:
+            raise RegistryError(f"{export_dir}: not a surface export (run `unictr export` first)") from None
         if manifest.get("surface") != surface:
             raise RegistryError(f"{export_dir}: is an export of surface {manifest.get('surface')!r}, not {surface!r}")
         verify_files(export_dir, manifest)
@@ -162,9 +162,7 @@ class Registry:
         with self._locked(surface):
             existing = self.versions(surface)
             version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
-            tmp = Path(tempfile.mkdtemp(dir=versions_dir, prefix=f".{version}.", suffix=".tmp"))
-            try:
-                tmp.chmod(0o755)
+            with staged_dir(versions_dir / version) as tmp:
                 for name in [*manifest["files"], MANIFEST]:
                     shutil.copy2(export_dir / name, tmp / name)
                 verify_files(tmp, manifest)
@@ -175,9 +173,6 @@ class Registry:
                     "source_run": manifest.get("source_run", {}).get("path"),
                     "tasks": manifest.get("tasks"),
                 }, tmp / PUBLISHED)
-                tmp.rename(versions_dir / version)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
         return version
 
     def promote(
@@ -328,17 +323,13 @@ def _eval_metrics(model: UnifiedCTR, tasks: list[str], eval_data: str | Path, su
         j = model.schema.tasks.index(t)
         p, y = probs[:, j], labels[:, j]
         out[t] = {
-            "auc": _finite_or_none(auc(y, p)),
-            "calibration_ratio": _finite_or_none(calibration_ratio(y, p)),
-            "mean_prediction": _finite_or_none(float(p.mean())),
+            "auc": json_float(auc(y, p)),
+            "calibration_ratio": json_float(calibration_ratio(y, p)),
+            "mean_prediction": json_float(float(p.mean())),
             "n": int(y.size),
             "finite": bool(np.isfinite(p).all()),
         }
     return out
-
-
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
 
 
 def _fmt(x: float | None) -> str:

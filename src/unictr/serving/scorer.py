@@ -46,7 +46,8 @@ from unictr.checkpoint import MODEL_FILE
 from unictr.data.batch import MODEL_INPUTS, SEQUENCE_FIELDS, Batch, Schema
 from unictr.data.encode import hash_ids
 from unictr.data.reader import SequenceArrays, no_sequences, pad_sequences
-from unictr.export import ONNX_FILE, ONNX_ONE_USER_FILE, load_export, probe_batch
+from unictr.export.artifact import ONNX_FILE, ONNX_ONE_USER_FILE, load_export
+from unictr.export.probe import probe_batch
 from unictr.model import UnifiedCTR, probabilities
 
 Int64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]

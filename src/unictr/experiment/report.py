@@ -1,0 +1,313 @@
+"""The experiment's report: metrics per arm, bootstrap intervals of the AUC differences, the data and
+machine it ran on, and its markdown and plot renderings."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unictr.data.batch import Batch, Schema
+from unictr.experiment.arms import ArmRun, split_rows
+from unictr.metrics import auc, bootstrap_auc_diff, json_float
+from unictr.train.evaluate import sliced_metrics
+
+# ------------------------------------------------------------------------------------------ numbers
+
+
+def build_report(schema: Schema, eval_b: Batch, runs: dict[str, dict[int, ArmRun]], n_boot: int) -> dict[str, Any]:
+    """Metrics per arm (seed mean and per seed) and bootstrap intervals of the AUC differences."""
+    arms: dict[str, Any] = {}
+    for arm, by_seed in runs.items():
+        per_seed = {}
+        for seed, run in by_seed.items():
+            m = sliced_metrics(schema, eval_b, run.probs)
+            per_seed[str(seed)] = {
+                "surfaces": {
+                    s: {t: v for t, v in tasks.items() if t != "view_types"} for s, tasks in m["surfaces"].items()
+                },
+                "overall": m["overall"],
+                "train_seconds": run.train_seconds,
+                "params": run.params,
+                "models": run.models,
+            }
+        seeds = list(per_seed.values())
+        arms[arm] = {
+            "surfaces": {
+                s: {t: _mean_block([p["surfaces"][s][t] for p in seeds]) for t in tasks}
+                for s, tasks in seeds[0]["surfaces"].items()
+            },
+            "overall": {t: _mean_block([p["overall"][t] for p in seeds]) for t in seeds[0]["overall"]},
+            "train_seconds": float(np.mean([p["train_seconds"] for p in seeds])),
+            "params": seeds[0]["params"],
+            "per_seed": per_seed,
+        }
+    report: dict[str, Any] = {"arms": arms}
+    for a, b, key, overall in (
+        ("unified", "separate", "auc_diff_ci", False),
+        ("unified", "lightgbm", "auc_diff_ci_vs_lightgbm", True),
+    ):
+        if a in runs and b in runs:
+            diff, ci = auc_diff(schema, eval_b, runs[a], runs[b], n_boot, overall)
+            report[key] = ci
+            report[key.replace("_ci", "")] = diff
+    return report
+
+
+def auc_diff(
+    schema: Schema,
+    eval_b: Batch,
+    a: dict[int, ArmRun],
+    b: dict[int, ArmRun],
+    n_boot: int,
+    overall: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Seed-mean AUC(a) - AUC(b) and its 95% bootstrap interval per surface × task (and overall),
+    resampling whole requests."""
+    labels, applies = eval_b.labels.numpy(), eval_b.label_mask.numpy()
+    surface, groups = eval_b.surface.numpy(), eval_b.user_index.numpy()
+    pa = np.stack([r.probs for r in a.values()])
+    pb = np.stack([r.probs for r in b.values()])
+    slices = [(s, surface == si, schema.task_mask[si]) for si, s in enumerate(schema.surfaces)]
+    if overall:
+        slices.append(("overall", np.ones(len(surface), bool), (True,) * len(schema.tasks)))
+    diffs: dict[str, Any] = {}
+    cis: dict[str, Any] = {}
+    for name, on, mask in slices:
+        diffs[name], cis[name] = {}, {}
+        for ti, task in enumerate(schema.tasks):
+            if not mask[ti]:
+                continue
+            rows = on & applies[:, ti]
+            y = labels[rows, ti]
+            lo, hi = bootstrap_auc_diff(y, pa[:, rows, ti], pb[:, rows, ti], n_boot=n_boot, groups=groups[rows])
+            cis[name][task] = [json_float(lo), json_float(hi)]
+            point = np.mean([auc(y, p) for p in pa[:, rows, ti]]) - np.mean([auc(y, p) for p in pb[:, rows, ti]])
+            diffs[name][task] = json_float(float(point))
+    return diffs, cis
+
+
+def _mean_block(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed mean of each metric (None where a seed has none); `n` is the same for every seed."""
+    out: dict[str, Any] = {}
+    for key, value in blocks[0].items():
+        vals = [b[key] for b in blocks if b.get(key) is not None]
+        out[key] = value if key == "n" else (float(np.mean(vals)) if vals else None)
+    return out
+
+
+def data_meta(data: Path) -> dict[str, Any]:
+    """Where the data came from (its `meta.json` keys that matter) and the rows of each split."""
+    meta_file = data / "meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    keep = ("source", "licence", "eval_from", "eval_until", "rows")
+    return (
+        {"dir": str(data)}
+        | {k: meta[k] for k in keep if k in meta}
+        | {"splits": {s: {"rows": split_rows(data / s)} for s in ("train", "eval")}}
+    )
+
+
+def machine_info() -> dict[str, Any]:
+    """What the timings were measured on: cores, CPU model, load, library versions."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = (
+        [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        if cpuinfo.is_file()
+        else []
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": names[0] if names else platform.processor(),
+        "loadavg_end": os.getloadavg(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+# ------------------------------------------------------------------------------------------ renderings
+
+
+def _slices(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(surface or 'overall', task) in table order, from the first arm."""
+    first = next(iter(report["arms"].values()))
+    rows = [(s, t) for s, tasks in first["surfaces"].items() for t in tasks]
+    return [("overall", t) for t in first["overall"]] + rows
+
+
+def _block(arm: dict[str, Any], surface: str, task: str) -> dict[str, Any]:
+    return arm["overall"][task] if surface == "overall" else arm["surfaces"][surface][task]
+
+
+def plot_report(report: dict[str, Any], path: Path) -> None:
+    """One panel per task: AUC per surface (and overall), one bar per arm; whiskers span the seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(report["arms"])
+    tasks = list(next(iter(report["arms"].values()))["overall"])
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(10, 3.2 * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
+        names = [s for s, t in _slices(report) if t == task]
+        x = np.arange(len(names))
+        width = 0.8 / len(arms)
+        for i, arm in enumerate(arms):
+            a = report["arms"][arm]
+            mean = [_block(a, s, task)["auc"] or np.nan for s in names]
+            seeds = [[_block(p, s, task)["auc"] or np.nan for s in names] for p in a["per_seed"].values()]
+            lo, hi = np.min(seeds, 0), np.max(seeds, 0)  # nan where a seed has no AUC: no whisker
+            ax.bar(
+                x + (i - (len(arms) - 1) / 2) * width,
+                mean,
+                width,
+                label=arm,
+                yerr=[np.array(mean) - lo, hi - np.array(mean)],
+                capsize=2,
+            )
+        finite = [v for arm in arms for s in names if (v := _block(report["arms"][arm], s, task)["auc"])]
+        ax.set_ylim(max(0.4, min(finite, default=0.5) - 0.05), min(1.0, max(finite, default=1.0) + 0.03))
+        ax.set_xticks(x, names)
+        ax.set_ylabel(f"{task} AUC")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].legend(ncol=len(arms), fontsize=8)
+    axes[0, 0].set_title(f"eval AUC per surface (mean of seeds {report.get('seeds')}; whiskers: min..max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _f(v: Any, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _load(v: Any) -> str:
+    return "-" if not v else " / ".join(f"{x:.2f}" for x in v)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The human-readable report: per-arm metrics, AUC differences with intervals, cost, machine."""
+    arms = list(report["arms"])
+    lines = (
+        _md_header(report, arms) + _md_auc(report, arms) + _md_quality(report, arms) + _md_cost(report, arms)
+        + _md_per_seed(report, arms)
+    )
+    return "\n".join([*lines, "![AUC per surface](auc.png)", ""])
+
+
+def _md_header(report: dict[str, Any], arms: list[str]) -> list[str]:
+    """Title, command, data, machine and the arms that were skipped."""
+    m = report.get("machine", {})
+    lines = [
+        "# Experiment: " + " vs ".join(arms),
+        "",
+        f"Command: `{report.get('command', '')}`",
+        "",
+        f"Data: `{report.get('data', {}).get('dir')}` (eval_from {report.get('data', {}).get('eval_from')}; "
+        + ", ".join(f"{k} {v['rows']:,} rows" for k, v in report.get("data", {}).get("splits", {}).items())
+        + f"). Seeds {report.get('seeds')}; bootstrap {report.get('n_boot')} resamples of whole requests.",
+        "",
+        f"Machine: {m.get('nproc')} cores, {m.get('cpu')}, torch {m.get('torch')} ({m.get('torch_threads')} threads);"
+        f" load average at start {_load(m.get('loadavg_start'))}, at end {_load(m.get('loadavg_end'))}.",
+        "",
+    ]
+    for arm, why in report.get("arms_skipped", {}).items():
+        lines += [f"**{arm} skipped**: {why}", ""]
+    return lines
+
+
+def _md_auc(report: dict[str, Any], arms: list[str]) -> list[str]:
+    """The AUC table (with the oracle on simulated data and unified − separate intervals) and vs LightGBM."""
+    # simulated data carries the true probabilities: their AUC is the ceiling every arm is measured against
+    oracle = any(_block(report["arms"][arms[0]], s, t).get("oracle_auc") is not None for s, t in _slices(report))
+    cols = arms + ["oracle"] * oracle
+    lines = [
+        "## AUC (seed mean)",
+        "",
+        "| surface | task | n | "
+        + " | ".join(cols)
+        + (" | unified − separate [95% CI] |" if "auc_diff_ci" in report else " |"),
+        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + (" | ---: |" if "auc_diff_ci" in report else " |"),
+    ]
+    for s, t in _slices(report):
+        first = _block(report["arms"][arms[0]], s, t)
+        row = f"| {s} | {t} | {first['n']:,} | " + " | ".join(
+            [_f(_block(report["arms"][a], s, t)["auc"]) for a in arms] + [_f(first.get("oracle_auc"))] * oracle
+        )
+        if "auc_diff_ci" in report:
+            d, ci = report["auc_diff"].get(s, {}).get(t), report["auc_diff_ci"].get(s, {}).get(t)
+            row += " | " + (f"{_f(d, '+.4f')} [{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]" if ci else "")
+        lines.append(row + " |")
+    if "auc_diff_ci_vs_lightgbm" in report:
+        lines += [
+            "",
+            "Unified − LightGBM (overall): "
+            + ", ".join(
+                f"{t} {_f(report['auc_diff_vs_lightgbm']['overall'][t], '+.4f')} "
+                f"[{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]"
+                for t, ci in report["auc_diff_ci_vs_lightgbm"]["overall"].items()
+            ),
+        ]
+    return lines
+
+
+def _md_quality(report: dict[str, Any], arms: list[str]) -> list[str]:
+    """Log loss / NE / calibration ratio per slice and arm."""
+    lines = [
+        "",
+        "## Log loss / NE / calibration ratio (seed mean)",
+        "",
+        "| surface | task | " + " | ".join(arms) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in arms) + " |",
+    ]
+    for s, t in _slices(report):
+        cells = []
+        for a in arms:
+            b = _block(report["arms"][a], s, t)
+            cells.append(f"{_f(b['logloss'])} / {_f(b['ne'], '.3f')} / {_f(b['calibration_ratio'], '.2f')}")
+        lines.append(f"| {s} | {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _md_cost(report: dict[str, Any], arms: list[str]) -> list[str]:
+    """Training seconds and parameters per arm."""
+    lines = ["", "## Cost", "", "| arm | train seconds (mean per seed) | parameters |", "| --- | ---: | ---: |"]
+    for a in arms:
+        lines.append(f"| {a} | {report['arms'][a]['train_seconds']:.0f} | {report['arms'][a]['params']:,} |")
+    return lines + [
+        "",
+        "LightGBM parameters: leaf values + split thresholds of all trees. Train seconds: the training "
+        "passes only (no evaluation), wall clock on a shared machine.",
+        "",
+    ]
+
+
+def _md_per_seed(report: dict[str, Any], arms: list[str]) -> list[str]:
+    """With several seeds: each arm's overall AUC of the first task per seed (nothing otherwise)."""
+    if len(report.get("seeds", [])) <= 1:
+        return []
+    lines = [
+        "## Per seed (click-like first task, overall AUC)",
+        "",
+        "| arm | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
+        "| --- | " + " | ".join("---:" for _ in report["seeds"]) + " |",
+    ]
+    first_task = _slices(report)[0][1]
+    for a in arms:
+        per = report["arms"][a]["per_seed"]
+        lines.append(
+            f"| {a} | "
+            + " | ".join(
+                _f(per[str(s)]["overall"][first_task]["auc"]) if str(s) in per else "-" for s in report["seeds"]
+            )
+            + " |"
+        )
+    return lines + [""]

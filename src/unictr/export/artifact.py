@@ -1,0 +1,136 @@
+"""The export directory format: its manifest, a staged atomic write, checksum verification and loading.
+
+Layout: `model.safetensors`, `manifest.json` and, for ONNX exports, `model.onnx` and
+`model_one_user.onnx`. The manifest names the sha256 of every file; loading refuses any mismatch.
+The registry publishes exports through the same reading and verification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from unictr.checkpoint import (
+    MANIFEST,
+    CheckpointError,
+    load_model,
+    read_manifest,
+    schema_dict,
+    sha256_file,
+    verify_file,
+)
+from unictr.export import ExportError
+from unictr.model import UnifiedCTR
+
+EXPORT_FORMAT = "unictr-export/1"
+ONNX_FILE = "model.onnx"
+# The same model exported for requests of exactly one user (the common feed request): the user
+# tensors broadcast over the rows instead of being gathered per row (`modules.broadcast.one_user`).
+ONNX_ONE_USER_FILE = "model_one_user.onnx"
+
+
+class NotAnExport(CheckpointError):
+    """A directory with a readable manifest of something other than a surface export."""
+
+
+def build_manifest(
+    model: UnifiedCTR,
+    surface: str,
+    run_dir: Path,
+    run_manifest: dict[str, Any],
+    files: dict[str, str],
+    parity: dict[str, Any],
+    lib: dict[str, str],
+) -> dict[str, Any]:
+    """The manifest of `model`, the export of `surface` from the run in `run_dir`."""
+    cfg, schema = model.cfg, model.schema
+    state = model.state_dict()
+    return {
+        "format": EXPORT_FORMAT,
+        "surface": surface,
+        "tasks": [t for t, on in zip(schema.tasks, schema.task_mask[0], strict=True) if on],
+        "schema": schema_dict(schema),
+        "config": cfg.model_dump(mode="json"),
+        "calibration": {
+            "scope": model.calibration_scope,
+            "keys": {"view_type": [v for _, v in schema.view_keys], "surface": [surface], "global": ["*"]}[
+                model.calibration_scope
+            ],
+            "tensors": {k: state[k].tolist() for k in state if k.startswith("calibration.")},
+        },
+        "source_run": {
+            "path": str(run_dir.resolve()),
+            "manifest_sha256": sha256_file(run_dir / MANIFEST),
+            "train_state": run_manifest.get("train_state"),
+        },
+        "metrics": ((run_manifest.get("metrics") or {}).get("surfaces") or {}).get(surface),
+        "parity": parity,
+        "files": files,
+        "versions": lib,
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def read_export_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a surface export; raises NotAnExport for any other manifest (CheckpointError: none)."""
+    manifest = read_manifest(Path(export_dir))
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise NotAnExport(f"{export_dir}: not a surface export (format {manifest.get('format')!r})")
+    return manifest
+
+
+def verify_files(export_dir: str | Path, manifest: dict[str, Any]) -> None:
+    """Check the sha256 of every file the manifest names; raises CheckpointError on any mismatch."""
+    for name in manifest["files"]:
+        verify_file(Path(export_dir), name, manifest)
+
+
+def load_export(export_dir: str | Path) -> tuple[UnifiedCTR, dict[str, Any]]:
+    """A surface model and its manifest, after verifying every file's checksum; nothing is unpickled."""
+    export_dir = Path(export_dir)
+    manifest = read_export_manifest(export_dir)
+    verify_files(export_dir, manifest)
+    model, _ = load_model(export_dir)
+    return model, manifest
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """Refuse to write over a non-empty directory unless it holds an earlier export."""
+    if out_dir.exists() and any(out_dir.iterdir()):
+        try:
+            read_export_manifest(out_dir)
+        except CheckpointError:
+            raise ExportError(f"{out_dir}: exists and is not a unictr export; choose a new or empty --out") from None
+
+
+@contextlib.contextmanager
+def staged_dir(dst: Path) -> Iterator[Path]:
+    """A temporary sibling of `dst` to write into, moved to `dst` only if the block succeeds.
+
+    A failed write leaves nothing half-written; an existing `dst` is replaced in two renames.
+    """
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    try:
+        tmp.chmod(0o755)
+        yield tmp
+        _replace_dir(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move the finished directory `src` to `dst`, replacing an earlier one there."""
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(dst)
