@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_export import small_config, train_small_run
+from tests.fixtures import small_config, train_small_run
 from unictr.checkpoint import load_model
 from unictr.config import ConfigError, SequenceModelSpec, with_changes
 from unictr.data.reader import load_split, load_surface_split
-from unictr.export import ONNX_FILE, export_surface, load_export
+from unictr.export.artifact import ONNX_FILE, load_export
+from unictr.export.job import export_surface
 from unictr.model import UnifiedCTR, probabilities
 from unictr.modules.encoders import ENCODERS, build_sequence_encoder
 from unictr.modules.mean_pool import MeanPoolEncoder
