@@ -2,7 +2,8 @@
 
 Each suite module has `run(ctx) -> dict`; `run_suites` runs the chosen ones in one process and
 returns the JSON document `unictr bench --out` writes. The package lives at the repository root,
-beside `tests/`, and is loaded by `unictr.bench` from the source checkout.
+beside `tests/`; pyproject.toml declares it, so the editable install puts it on the import path and
+`unictr.bench` imports it by name.
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ DIM = 16
 BAG_SIZES = (1, 10)
 LR = 0.01
 # Consecutive timed calls per variant and round (after harness.SETTLE_CALLS untimed ones). One call per
-# variant in turn measured the fused row-wise Adagrad step at 6.5-7.3 ms in the seven-variant rotation,
-# 5.4 ms right after the loop's step and 3.5 ms alone: the other variants' traffic, not its own cost.
+# variant in turn charged each step for the other variants' traffic, not its own cost (measurements in
+# docs/performance.md, "What each optimisation bought").
 BLOCK = 5
 
 

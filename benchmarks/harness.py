@@ -38,9 +38,8 @@ class Context:
             torch.cuda.synchronize(self.device)
 
 
-# Untimed calls at the start of each block. Measured with one (serving suite, 14 variant timings of
-# 200 calls): 19 of the 28 slowest-two samples, which set the p99, were a block's first or second
-# timed call, and the first three calls' median was 0.1-0.4 ms above the rest (docs/performance.md).
+# Untimed calls at the start of each block: with only one, a block's first timed calls were its slowest
+# and set the p99 (measurements in docs/performance.md, "What each optimisation bought").
 SETTLE_CALLS = 3
 
 

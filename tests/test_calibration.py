@@ -12,8 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from tests.fixtures import small_config, train_small_run
-from unictr.calibrate import calibrate_run, split_by_time
-from unictr.calibration_fit import fit_scoped
+from unictr.calibration.fit import fit_scoped
+from unictr.calibration.job import calibrate_run, split_by_time
 from unictr.checkpoint import MANIFEST, load_model, sha256_file
 from unictr.cli import app
 from unictr.data.reader import load_split, load_surface_split

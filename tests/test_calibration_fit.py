@@ -4,13 +4,8 @@ import torch
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from unictr.calibration_fit import (
-    apply_piecewise_linear,
-    apply_piecewise_linear_keyed,
-    fit_isotonic,
-    fit_platt,
-    fit_scoped,
-)
+from unictr.calibration.fit import fit_isotonic, fit_platt, fit_scoped
+from unictr.modules.calibration import apply_piecewise_linear, apply_piecewise_linear_keyed
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -1,19 +1,17 @@
 """`unictr bench`: runs the benchmark suites of `benchmarks/` (at the repository root) and reports them.
 
 The suites are development tooling like `tests/`: they live beside the package in the source
-checkout, not inside it, and the editable install (`pip install -e .`) finds them from here.
+checkout, not inside it. pyproject.toml declares `benchmarks` a package of the distribution, so the
+editable install (`pip install -e .`) puts the checkout's copy on the import path.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 SUITE_CHOICES = ("embedding", "broadcast", "serving", "training", "floor", "all")
 
 
@@ -22,16 +20,17 @@ class BenchError(RuntimeError):
 
 
 def load_suites() -> ModuleType:
-    """The `benchmarks` package of this source checkout."""
-    init = BENCH_DIR / "__init__.py"
-    if not init.is_file():
-        raise BenchError(f"{BENCH_DIR}: no benchmark suites; `unictr bench` needs a source checkout (pip install -e .)")
-    root = str(BENCH_DIR.parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    module = importlib.import_module("benchmarks")
-    if Path(module.__file__ or "").resolve() != init.resolve():
-        raise BenchError(f"another package named 'benchmarks' ({module.__file__}) shadows {BENCH_DIR}")
+    """The `benchmarks` package of the installed source checkout."""
+    try:
+        module = importlib.import_module("benchmarks")
+    except ModuleNotFoundError as e:
+        if e.name != "benchmarks":
+            raise
+        raise BenchError(
+            "no benchmark suites; `unictr bench` needs a source checkout installed with `pip install -e .`"
+        ) from None
+    if not hasattr(module, "run_suites"):
+        raise BenchError(f"another package named 'benchmarks' ({module.__file__}) shadows the unictr suites")
     return module
 
 

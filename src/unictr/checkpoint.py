@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 import unictr
 from unictr.config import Config, config_from_dict
 from unictr.data.batch import Schema
+from unictr.files import read_parsed
 from unictr.model import UnifiedCTR
 
 MANIFEST = "manifest.json"
@@ -105,13 +106,12 @@ def write_checkpoint(
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The parsed manifest of a run or export directory; CheckpointError if missing, not JSON or incomplete."""
     path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no manifest; not a unictr run or export directory")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: manifest is not valid JSON: {e}") from None
+    manifest = read_parsed(
+        path, json.loads, json.JSONDecodeError, CheckpointError,
+        missing="no manifest; not a unictr run or export directory", invalid="manifest is not valid JSON",
+    )
     if not isinstance(manifest, dict) or "files" not in manifest or "config" not in manifest:
         raise CheckpointError(f"{path}: manifest lacks 'files' or 'config'")
     return manifest

@@ -299,7 +299,7 @@ def calibrate_cmd(
                                  "(view type → surface → global)."),
 ) -> None:
     """Fit post-hoc calibration per scope key and task; the new run applies it in its forward pass."""
-    from unictr.calibrate import CalibrationError, calibrate_run
+    from unictr.calibration.job import CalibrationError, calibrate_run
     from unictr.checkpoint import CheckpointError
     from unictr.data.errors import DataError
 

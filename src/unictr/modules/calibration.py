@@ -1,11 +1,16 @@
-"""Logit calibration: learned per key (view type, surface or global) and task, then post-hoc per view key."""
+"""Logit calibration: learned per key (view type, surface or global) and task, then post-hoc per view key.
+
+Also how a fitted isotonic map is applied: a monotone piecewise-linear knot table evaluated with
+comparisons, gathers and arithmetic only (ONNX-exportable, no searchsorted). The fitters
+(`unictr.calibration.fit`) import it from here, so the layer does not depend on the fitting job.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from unictr.calibration_fit import Y_CLIP, apply_piecewise_linear_keyed
+Y_CLIP = 1e-6  # fitted probabilities stay in [Y_CLIP, 1 - Y_CLIP], so their logits are finite
 
 
 class LogitCalibration(nn.Module):
@@ -57,3 +62,34 @@ class PosthocCalibration(nn.Module):
             ).reshape(logits.shape).clamp(Y_CLIP, 1.0 - Y_CLIP)
             return torch.log(p) - torch.log1p(-p)
         return logits
+
+
+def _interp_rows(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
+    """Row-wise linear interpolation of x[N] in knot rows xk/yk[N, M], clamped at the ends.
+
+    The segment index comes from a comparison count (exportable, unlike searchsorted); repeated
+    (padding) knots give zero-width segments, which resolve to their common value.
+    """
+    m = xk.shape[1]
+    idx = ((x[:, None] >= xk).sum(dim=1) - 1).clamp(0, m - 2)[:, None]
+    x0, x1 = xk.gather(1, idx)[:, 0], xk.gather(1, idx + 1)[:, 0]
+    y0, y1 = yk.gather(1, idx)[:, 0], yk.gather(1, idx + 1)[:, 0]
+    dx = x1 - x0
+    t = ((x - x0) / torch.where(dx > 0, dx, torch.ones_like(dx))).clamp(0.0, 1.0)
+    return y0 + t * (y1 - y0)
+
+
+def apply_piecewise_linear(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
+    """Evaluate the knot table (xk, yk)[M] at x (any shape), clamping outside the knot range."""
+    if xk.shape[0] == 1:
+        return yk.expand_as(x).clone()
+    flat = x.reshape(-1)
+    rows = (flat.shape[0], xk.shape[0])
+    return _interp_rows(flat, xk.expand(rows), yk.expand(rows)).reshape(x.shape)
+
+
+def apply_piecewise_linear_keyed(x: Tensor, key: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
+    """Evaluate per-row knot tables: row i uses table `key[i]` of xk/yk[K, M] (pad with the last knot)."""
+    if xk.shape[1] == 1:
+        return yk[key, 0]
+    return _interp_rows(x, xk[key], yk[key])

@@ -7,6 +7,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,122 @@ def _resumable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**cfg, "train": {k: v for k, v in cfg.get("train", {}).items() if k != "epochs"}}
 
 
+@dataclass
+class _Session:
+    """What a training run carries from epoch to epoch: data, model, optimizer and the LR schedule's bases."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    train_b: Batch
+    eval_b: Batch | None
+    model: UnifiedCTR
+    opt: torch.optim.AdamW
+    weights: torch.Tensor
+    start_epoch: int
+    history: list[dict[str, Any]]
+    base_lrs: list[float]
+    fused_base_lr: float
+    steps: int  # minibatches per epoch (the last may be short)
+
+    def set_lr(self, factor: float) -> None:
+        """Scale every parameter group's LR (and the fused embedding optimizer's) from its base."""
+        for group, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+        fused = self.model.embedding.fused_update
+        if fused is not None:
+            fused.lr = self.fused_base_lr * factor
+
+
+def _setup(cfg: Config, data_dir: Path, run_dir: Path, resume: bool, console: Console) -> _Session:
+    """Seed, load the splits, build the model and optimizer, and restore them from `run_dir` on resume.
+
+    The order (seed, data, model init, optimizer, resume) fixes the RNG stream: keep it.
+    """
+    spec = cfg.train
+    device = setup_runtime(spec)
+    schema = Schema.from_config(cfg)
+    train_b = load_split(data_dir / "train", schema, cfg.data)
+    eval_b = load_split(data_dir / "eval", schema, cfg.data) if (data_dir / "eval").exists() else None
+
+    model = UnifiedCTR(cfg).to(device)
+    opt = make_optimizer(model, spec)
+    weights = torch.tensor([t.weight for t in cfg.tasks], device=device)
+    start_epoch, history = 0, []
+    if resume:
+        start_epoch, history = _resume(cfg, run_dir, model, opt)
+        console.print(f"resumed {run_dir} at epoch {start_epoch}")
+    fused = model.embedding.fused_update
+    return _Session(
+        cfg=cfg, run_dir=run_dir, device=device, train_b=train_b, eval_b=eval_b, model=model, opt=opt,
+        weights=weights, start_epoch=start_epoch, history=history,
+        base_lrs=[g["lr"] for g in opt.param_groups], fused_base_lr=fused.lr if fused is not None else 0.0,
+        steps=-(-train_b.num_rows // spec.batch_size),
+    )
+
+
+def _resume(
+    cfg: Config, run_dir: Path, model: UnifiedCTR, opt: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, Any]]]:
+    """Load the run's weights, optimizer and RNG state; returns (epochs done, history)."""
+    manifest = read_manifest(run_dir)
+    if _resumable(manifest.get("config", {})) != _resumable(cfg.model_dump(mode="json")):
+        raise CheckpointError(
+            f"{run_dir}: --resume needs the run's config (only train.epochs may change); this one differs"
+        )
+    model.load_state_dict(load_tensors(run_dir, MODEL_FILE, manifest))
+    _load_optimizer(opt, model, load_tensors(run_dir, OPTIMIZER_FILE, manifest))
+    return manifest["train_state"]["epoch"], manifest.get("history", [])
+
+
+def _train_epoch(s: _Session, epoch: int, console: Console, show_progress: bool) -> dict[str, Any]:
+    """One pass over the shuffled training requests; returns the epoch's loss and speed."""
+    spec = s.cfg.train
+    s.model.train()
+    gen = torch.Generator().manual_seed(spec.seed * 1000 + epoch)
+    seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
+    with Progress(
+        TextColumn(f"epoch {epoch + 1}/{spec.epochs}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+        console=console, disable=not show_progress, transient=False,
+    ) as bar:
+        task = bar.add_task("train", total=s.steps, info="")
+        for i, mb in enumerate(request_minibatches(s.train_b, spec.batch_size, gen)):
+            s.set_lr(lr_factor(spec, epoch * s.steps + i, spec.epochs * s.steps))
+            mb = mb.to(s.device)
+            try:
+                loss = train_step(s.model, s.opt, mb, s.weights, spec.bf16)
+            except FloatingPointError as e:
+                raise FloatingPointError(f"epoch {epoch + 1}: {e}; stopping") from None
+            seen += mb.num_rows
+            loss_sum += loss.item() * mb.num_rows
+            rate = seen / (time.perf_counter() - t0)
+            bar.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}  {rate:,.0f} rows/s")
+    return {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(seen, 1),
+        "train_seconds": time.perf_counter() - t0,
+        "rows_per_s": seen / (time.perf_counter() - t0),
+    }
+
+
+def _end_epoch(s: _Session, epoch_state: dict[str, Any], console: Console) -> dict[str, Any]:
+    """Evaluate, append the epoch to the history and checkpoint; returns the new manifest."""
+    metrics = evaluate(s.model, s.eval_b, s.device) if s.eval_b is not None else None
+    if metrics is not None:
+        epoch_state["eval_overall"] = {t: m.get("auc") for t, m in metrics["overall"].items()}
+    s.history.append(epoch_state)
+    epoch = epoch_state["epoch"]
+    manifest = write_checkpoint(
+        s.run_dir,
+        s.cfg,
+        {MODEL_FILE: s.model.state_dict(), OPTIMIZER_FILE: _optimizer_tensors(s.opt, s.model)},
+        extra={"train_state": {"epoch": epoch}, "history": s.history, "metrics": metrics},
+    )
+    console.print(f"epoch {epoch}: " + json.dumps({k: v for k, v in epoch_state.items() if k != "epoch"}))
+    return manifest
+
+
 def train(
     cfg: Config,
     data_dir: str | Path,
@@ -147,73 +264,9 @@ def train(
     Returns the last manifest (with `metrics` and `history`).
     """
     console = console or Console()
-    data_dir, run_dir = Path(data_dir), Path(run_dir)
-    spec = cfg.train
-    device = setup_runtime(spec)
-    schema = Schema.from_config(cfg)
-    train_b = load_split(data_dir / "train", schema, cfg.data)
-    eval_b = load_split(data_dir / "eval", schema, cfg.data) if (data_dir / "eval").exists() else None
-
-    model = UnifiedCTR(cfg).to(device)
-    opt = make_optimizer(model, spec)
-    weights = torch.tensor([t.weight for t in cfg.tasks], device=device)
-    start_epoch, history = 0, []
-    if resume:
-        manifest = read_manifest(run_dir)
-        if _resumable(manifest.get("config", {})) != _resumable(cfg.model_dump(mode="json")):
-            raise CheckpointError(
-                f"{run_dir}: --resume needs the run's config (only train.epochs may change); this one differs"
-            )
-        model.load_state_dict(load_tensors(run_dir, MODEL_FILE, manifest))
-        _load_optimizer(opt, model, load_tensors(run_dir, OPTIMIZER_FILE, manifest))
-        start_epoch, history = manifest["train_state"]["epoch"], manifest.get("history", [])
-        console.print(f"resumed {run_dir} at epoch {start_epoch}")
-
+    session = _setup(cfg, Path(data_dir), Path(run_dir), resume, console)
     manifest: dict[str, Any] = {}
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    fused = model.embedding.fused_update
-    fused_base_lr = fused.lr if fused is not None else 0.0
-    steps = -(-train_b.num_rows // spec.batch_size)  # minibatches per epoch (the last may be short)
-    for epoch in range(start_epoch, spec.epochs):
-        model.train()
-        gen = torch.Generator().manual_seed(spec.seed * 1000 + epoch)
-        seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
-        with Progress(
-            TextColumn(f"epoch {epoch + 1}/{spec.epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-            console=console, disable=not show_progress, transient=False,
-        ) as bar:
-            task = bar.add_task("train", total=steps, info="")
-            for i, mb in enumerate(request_minibatches(train_b, spec.batch_size, gen)):
-                factor = lr_factor(spec, epoch * steps + i, spec.epochs * steps)
-                for group, base in zip(opt.param_groups, base_lrs, strict=True):
-                    group["lr"] = base * factor
-                if fused is not None:
-                    fused.lr = fused_base_lr * factor
-                mb = mb.to(device)
-                try:
-                    loss = train_step(model, opt, mb, weights, spec.bf16)
-                except FloatingPointError as e:
-                    raise FloatingPointError(f"epoch {epoch + 1}: {e}; stopping") from None
-                seen += mb.num_rows
-                loss_sum += loss.item() * mb.num_rows
-                rate = seen / (time.perf_counter() - t0)
-                bar.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}  {rate:,.0f} rows/s")
-        epoch_state = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_seconds": time.perf_counter() - t0,
-            "rows_per_s": seen / (time.perf_counter() - t0),
-        }
-        metrics = evaluate(model, eval_b, device) if eval_b is not None else None
-        if metrics is not None:
-            epoch_state["eval_overall"] = {t: m.get("auc") for t, m in metrics["overall"].items()}
-        history.append(epoch_state)
-        manifest = write_checkpoint(
-            run_dir,
-            cfg,
-            {MODEL_FILE: model.state_dict(), OPTIMIZER_FILE: _optimizer_tensors(opt, model)},
-            extra={"train_state": {"epoch": epoch + 1}, "history": history, "metrics": metrics},
-        )
-        console.print(f"epoch {epoch + 1}: " + json.dumps({k: v for k, v in epoch_state.items() if k != "epoch"}))
+    for epoch in range(session.start_epoch, cfg.train.epochs):
+        epoch_state = _train_epoch(session, epoch, console, show_progress)
+        manifest = _end_epoch(session, epoch_state, console)
     return manifest

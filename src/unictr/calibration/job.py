@@ -1,7 +1,7 @@
 """Post-hoc calibration job (`unictr calibrate`): fit a map per scope key and task, write a new run.
 
 The run's own logits (after its learned calibration) are scored on held-out rows, a Platt or isotonic
-map is fitted per scope key and task with `calibration_fit.fit_scoped` (fallback chain view type →
+map is fitted per scope key and task with `unictr.calibration.fit.fit_scoped` (fallback chain view type →
 surface → global for keys with too few rows or one class), and the fits are stored as the buffers of
 the model's `PosthocCalibration` (one row per view key; a surface or global fit is copied to its view
 keys). The new run holds the same weights plus those tensors, and its config names the method, so
@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-from unictr.calibration_fit import fit_scoped
+from unictr.calibration.fit import fit_scoped
 from unictr.checkpoint import MANIFEST, MODEL_FILE, load_model, sha256_file, write_checkpoint
 from unictr.config import Config, with_changes
 from unictr.data.batch import Batch, Schema

@@ -1,7 +1,7 @@
-"""Post-hoc calibration: fit Platt scaling or isotonic maps per scope key, apply them in torch.
+"""Post-hoc calibration fitters: Platt scaling or isotonic maps per scope key.
 
 Fitting is pure numpy and deterministic. Isotonic maps are stored as monotone piecewise-linear knot
-tables so serving needs only comparisons, gathers and arithmetic (ONNX-exportable, no searchsorted).
+tables, evaluated in torch by `unictr.modules.calibration` (the model's layer owns applying a map).
 Scoped fits follow a fallback chain (view_type -> surface -> global): a key with too little data, or a
 single class, borrows the fit of its nearest ancestor that has its own.
 """
@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-Y_CLIP = 1e-6
+from unictr.modules.calibration import Y_CLIP, apply_piecewise_linear_keyed
+
 PLATT_L2 = 1e-6
 
 
@@ -142,37 +143,6 @@ def fit_isotonic(
         xk = np.bincount(group, weights=block_x * weights) / gw
         yk = np.bincount(group, weights=means * weights) / gw
     return xk, np.clip(yk, Y_CLIP, 1.0 - Y_CLIP)
-
-
-def _interp_rows(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
-    """Row-wise linear interpolation of x[N] in knot rows xk/yk[N, M], clamped at the ends.
-
-    The segment index comes from a comparison count (exportable, unlike searchsorted); repeated
-    (padding) knots give zero-width segments, which resolve to their common value.
-    """
-    m = xk.shape[1]
-    idx = ((x[:, None] >= xk).sum(dim=1) - 1).clamp(0, m - 2)[:, None]
-    x0, x1 = xk.gather(1, idx)[:, 0], xk.gather(1, idx + 1)[:, 0]
-    y0, y1 = yk.gather(1, idx)[:, 0], yk.gather(1, idx + 1)[:, 0]
-    dx = x1 - x0
-    t = ((x - x0) / torch.where(dx > 0, dx, torch.ones_like(dx))).clamp(0.0, 1.0)
-    return y0 + t * (y1 - y0)
-
-
-def apply_piecewise_linear(x: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
-    """Evaluate the knot table (xk, yk)[M] at x (any shape), clamping outside the knot range."""
-    if xk.shape[0] == 1:
-        return yk.expand_as(x).clone()
-    flat = x.reshape(-1)
-    rows = (flat.shape[0], xk.shape[0])
-    return _interp_rows(flat, xk.expand(rows), yk.expand(rows)).reshape(x.shape)
-
-
-def apply_piecewise_linear_keyed(x: Tensor, key: Tensor, xk: Tensor, yk: Tensor) -> Tensor:
-    """Evaluate per-row knot tables: row i uses table `key[i]` of xk/yk[K, M] (pad with the last knot)."""
-    if xk.shape[1] == 1:
-        return yk[key, 0]
-    return _interp_rows(x, xk[key], yk[key])
 
 
 @dataclass(frozen=True)
