@@ -170,43 +170,31 @@ def export_cmd(
 _SERVE_FLAGS = {name: name.replace("_", "-") for name in ServeSpec.model_fields} | {"max_body_bytes": "max-body-mb"}
 
 
-def _serve_default(name: str) -> Any:
-    """The `ServeSpec` default of an option of `unictr serve` (defaults are written there, once)."""
-    return ServeSpec.model_fields[name].default
+def _serve_option(name: str, help: str, **kwargs: Any) -> Any:
+    """A `unictr serve` option whose default is the `ServeSpec` field's (defaults are written there, once)."""
+    default = ServeSpec.model_fields[name].default
+    return typer.Option(default / (1 << 20) if name == "max_body_bytes" else default, help=help, **kwargs)
 
 
 @app.command("serve")
 def serve_cmd(
     registry: Path = typer.Option(..., help="Registry directory."),
-    host: str = typer.Option(_serve_default("host"), help="Interface to bind (localhost by default)."),
-    port: int = typer.Option(_serve_default("port"), help="TCP port."),
-    max_unique_users: int = typer.Option(
-        _serve_default("max_unique_users"), help="Users per forward pass; larger requests are chunked."
+    host: str = _serve_option("host", "Interface to bind (localhost by default)."),
+    port: int = _serve_option("port", "TCP port."),
+    max_unique_users: int = _serve_option("max_unique_users", "Users per forward pass; larger requests are chunked."),
+    max_candidates: int = _serve_option("max_candidates", "Candidates per request; more is refused (413)."),
+    max_body_mb: float = _serve_option("max_body_bytes", "Largest request body in MiB (413 above)."),
+    poll_seconds: float = _serve_option("poll_seconds", "How often the registry pointers are checked."),
+    threads: int = _serve_option(
+        "threads", "Intra-op threads per request (torch's and ONNX Runtime's). 1 measured best on 2 cores: 21% more "
+        "requests/s with 4 clients and a lower p99 (docs/serving.md); run a process per core for more.", min=1,
     ),
-    max_candidates: int = typer.Option(
-        _serve_default("max_candidates"), help="Candidates per request; more is refused (413)."
-    ),
-    max_body_mb: float = typer.Option(
-        _serve_default("max_body_bytes") / (1 << 20), help="Largest request body in MiB (413 above)."
-    ),
-    poll_seconds: float = typer.Option(
-        _serve_default("poll_seconds"), help="How often the registry pointers are checked."
-    ),
-    threads: int = typer.Option(
-        _serve_default("threads"), min=1, help="Intra-op threads per request (torch's and ONNX Runtime's). 1 "
-        "measured best on 2 cores: 21% more requests/s with 4 clients and a lower p99 (docs/serving.md); run a "
-        "process per core for more."
-    ),
-    max_concurrency: int = typer.Option(_serve_default("max_concurrency"), help="Concurrent connections before 503."),
-    backend: str = typer.Option(
-        _serve_default("backend"), help="auto, eager, compile or onnx (auto: onnx where the export has one)."
-    ),
-    bf16: bool = typer.Option(
-        _serve_default("bf16"), help="bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16)."
-    ),
-    inline: bool = typer.Option(
-        _serve_default("inline"), help="Score on the event loop's thread, not a worker thread: ~0.5 ms less per "
-        "request, one request at a time (for one process per core with --threads 1)."
+    max_concurrency: int = _serve_option("max_concurrency", "Concurrent connections before 503."),
+    backend: str = _serve_option("backend", "auto, eager, compile or onnx (auto: onnx where the export has one)."),
+    bf16: bool = _serve_option("bf16", "bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16)."),
+    inline: bool = _serve_option(
+        "inline", "Score on the event loop's thread, not a worker thread: ~0.5 ms less per request, one request at "
+        "a time (for one process per core with --threads 1).",
     ),
 ) -> None:
     """Serve the registry's live models over HTTP (FastAPI + uvicorn)."""

@@ -8,7 +8,7 @@ and a request encode alike.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -18,14 +18,12 @@ from unictr.data.errors import DataError
 
 # The sequence fields of a Batch (SEQUENCE_FIELDS, in that order) as numpy arrays.
 SequenceArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-# The Batch fields that are neither a side's feature matrices nor the sequence: the caller gives them as they are.
-ROW_FIELDS = tuple(f.name for f in FIELDS if f.side == "row" and f.name not in ("cand_cat", "cand_dense"))
+FIELD_SET = frozenset(f.name for f in FIELDS)
 # Optional fields a caller may leave out (they become None).
 OPTIONAL_FIELDS = frozenset(f.name for f in FIELDS if f.optional)
 
 
-@dataclass(frozen=True)
-class SideColumns:
+class SideColumns(NamedTuple):
     """Validated feature columns of one side (user or candidate), before encoding.
 
     `ids`: either one `[F, M]` int64 matrix, hashed in one vectorised call (a request: its cost is the
@@ -43,13 +41,10 @@ class SideColumns:
 def encode_columns(
     schema: Schema, users: SideColumns, candidates: SideColumns, sequences: SequenceArrays, **rows: np.ndarray | None
 ) -> dict[str, np.ndarray | None]:
-    """The Batch fields, in `FIELDS` order: the users' and candidates' feature matrices (hashed ids,
-    float32 dense), the sequence arrays (`pad_sequences`) and the other row fields `rows` as given."""
-    unexpected = set(rows) - set(ROW_FIELDS)
-    missing = set(ROW_FIELDS) - set(rows) - OPTIONAL_FIELDS
-    if unexpected or missing:
-        raise TypeError(f"encode_columns: unexpected row field(s) {sorted(unexpected)}, missing {sorted(missing)}")
-    fields = {
+    """The Batch fields (one per entry of `FIELDS`): the users' and candidates' feature matrices (hashed
+    ids, float32 dense), the sequence arrays (`pad_sequences`) and the other row fields `rows` as given
+    (optional ones left out are None)."""
+    fields: dict[str, np.ndarray | None] = {
         "user_cat": id_matrix(users.ids, schema.user_cat_sizes, users.take),
         "user_dense": dense_matrix(users.dense, users.take),
         **dict(zip(SEQUENCE_FIELDS, sequences, strict=True)),
@@ -57,7 +52,11 @@ def encode_columns(
         "cand_dense": dense_matrix(candidates.dense, candidates.take),
         **rows,
     }
-    return {f.name: fields.get(f.name) for f in FIELDS}
+    for name in OPTIONAL_FIELDS - rows.keys():
+        fields[name] = None
+    if fields.keys() != FIELD_SET:
+        raise TypeError(f"encode_columns: fields {sorted(fields)}, not the Batch's {sorted(FIELD_SET)}")
+    return fields
 
 
 def id_matrix(ids: np.ndarray | Sequence[np.ndarray], sizes: tuple[int, ...], take: np.ndarray | slice) -> np.ndarray:
