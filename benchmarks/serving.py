@@ -38,7 +38,8 @@ from unictr.config import with_changes
 from unictr.export.job import export_surface
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
-from unictr.serving.scorer import Scorer, to_columns, to_numpy_columns
+from unictr.serving.request import to_columns, to_numpy_columns
+from unictr.serving.scorer import Scorer
 from unictr.train.loop import train
 
 USERS, CANDIDATES = 1, 500

@@ -20,13 +20,20 @@ from typer.testing import CliRunner
 
 from tests.fixtures import SURFACE, derive_export, same_time_table, small_config, table_to_request, train_small_run
 from unictr.cli import app
+from unictr.config import ServeSpec
 from unictr.data.reader import load_surface_split
 from unictr.export.job import export_surface
 from unictr.model import probabilities
 from unictr.serving.app import create_app
 from unictr.serving.process import server_process
 from unictr.serving.registry import Registry
-from unictr.serving.scorer import RequestError, Scorer, ScoreResult, to_columns, to_numpy_columns
+from unictr.serving.request import RequestError, to_columns, to_numpy_columns
+from unictr.serving.scorer import Scorer, ScoreResult
+
+
+def in_process(**options: object) -> ServeSpec:
+    """Serving options for an app inside the test process, which keeps its torch thread count."""
+    return ServeSpec(threads=None, **options)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +64,8 @@ def request_body(world) -> dict:
 
 @pytest.fixture(scope="module")
 def client(world):
-    with TestClient(create_app(world["registry"].root, max_candidates=200, max_body_bytes=1 << 20,
-                               poll_seconds=0.05)) as c:
+    spec = in_process(max_candidates=200, max_body_bytes=1 << 20, poll_seconds=0.05)
+    with TestClient(create_app(world["registry"].root, spec)) as c:
         yield c
 
 
@@ -126,7 +133,7 @@ def test_inline_scores_on_the_event_loop_thread_alike(world, request_body, monke
     monkeypatch.setattr(Scorer, "score", spy)
     answers = {}
     for inline in (False, True):
-        with TestClient(create_app(world["registry"].root, inline=inline)) as c:
+        with TestClient(create_app(world["registry"].root, in_process(inline=inline))) as c:
             loop_thread = c.portal.call(threading.get_ident)
             response = c.post(f"/v1/surfaces/{SURFACE}/score", json=request_body)
             assert response.status_code == 200
@@ -390,11 +397,32 @@ def test_scorer_rejects_unified_checkpoint(world) -> None:
         Scorer.load(world["v1"]).score(b"[")
 
 
-def test_serve_defaults_to_one_thread_per_request(tmp_path, monkeypatch) -> None:
-    """`unictr serve` runs one intra-op thread per request unless told otherwise (docs/serving.md)."""
+def test_serve_options_reach_serve_spec(tmp_path, monkeypatch) -> None:
+    """`unictr serve` runs one intra-op thread per request unless told otherwise (docs/serving.md); its flags
+    reach the `ServeSpec` the app gets, and values the spec refuses are refused with the flag's name."""
     calls = []
-    monkeypatch.setattr("unictr.serving.app.serve", lambda registry, **kw: calls.append(kw))
+    monkeypatch.setattr("unictr.serving.app.serve", lambda registry, spec: calls.append(spec))
     for args, threads in (([], 1), (["--threads", "2"], 2)):
         result = CliRunner().invoke(app, ["serve", "--registry", str(tmp_path), *args])
         assert result.exit_code == 0, result.output
-        assert calls.pop()["threads"] == threads
+        assert calls.pop().threads == threads
+    args = ["--host", "0.0.0.0", "--port", "9001", "--max-unique-users", "8", "--max-candidates", "100",
+            "--max-body-mb", "0.5", "--poll-seconds", "0.25", "--max-concurrency", "3", "--backend", "eager",
+            "--bf16", "--inline"]  # fmt: skip
+    result = CliRunner().invoke(app, ["serve", "--registry", str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    assert calls.pop() == ServeSpec(
+        host="0.0.0.0", port=9001, max_unique_users=8, max_candidates=100, max_body_bytes=1 << 19,
+        poll_seconds=0.25, max_concurrency=3, backend="eager", bf16=True, inline=True, threads=1,
+    )
+    for args, message in (
+        (["--backend", "tvm"], "--backend: Value error, backend must be one of auto, eager, compile, onnx"),
+        (["--max-unique-users", "0"], "--max-unique-users: Input should be greater than or equal to 1"),
+        (["--max-body-mb", "0"], "--max-body-mb: Input should be greater than or equal to 1"),
+        (["--poll-seconds", "0"], "--poll-seconds: Input should be greater than 0"),
+    ):
+        result = CliRunner().invoke(app, ["serve", "--registry", str(tmp_path), *args])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    assert not calls
+    with pytest.raises(ValueError, match="max_candidates"):
+        ServeSpec(max_candidates=0)

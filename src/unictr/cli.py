@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unictr.config import Config, ConfigError, load_config
+from unictr.config import Config, ConfigError, ServeSpec, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Unified multi-surface engagement model.")
 data_app = typer.Typer(no_args_is_help=True, help="Make canonical data directories.")
@@ -167,37 +167,53 @@ def export_cmd(
     console.print(f"surface {surface}: tasks {manifest['tasks']}; parity {manifest['parity']}")
 
 
+# The flag of each `ServeSpec` field, where it is not the field's name with dashes.
+_SERVE_FLAGS = {name: name.replace("_", "-") for name in ServeSpec.model_fields} | {"max_body_bytes": "max-body-mb"}
+
+
+def _serve_option(name: str, help: str, **kwargs: Any) -> Any:
+    """A `unictr serve` option whose default is the `ServeSpec` field's (defaults are written there, once)."""
+    default = ServeSpec.model_fields[name].default
+    return typer.Option(default / (1 << 20) if name == "max_body_bytes" else default, help=help, **kwargs)
+
+
 @app.command("serve")
 def serve_cmd(
     registry: Path = typer.Option(..., help="Registry directory."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind (localhost by default)."),
-    port: int = typer.Option(8000, help="TCP port."),
-    max_unique_users: int = typer.Option(256, help="Users per forward pass; larger requests are chunked."),
-    max_candidates: int = typer.Option(5000, help="Candidates per request; more is refused (413)."),
-    max_body_mb: float = typer.Option(8.0, help="Largest request body in MiB (413 above)."),
-    poll_seconds: float = typer.Option(1.0, help="How often the registry pointers are checked."),
-    threads: int = typer.Option(
-        1, min=1, help="Intra-op threads per request (torch's and ONNX Runtime's). 1 measured best on 2 cores: "
-        "21% more requests/s with 4 clients and a lower p99 (docs/serving.md); run a process per core for more."
+    host: str = _serve_option("host", "Interface to bind (localhost by default)."),
+    port: int = _serve_option("port", "TCP port."),
+    max_unique_users: int = _serve_option("max_unique_users", "Users per forward pass; larger requests are chunked."),
+    max_candidates: int = _serve_option("max_candidates", "Candidates per request; more is refused (413)."),
+    max_body_mb: float = _serve_option("max_body_bytes", "Largest request body in MiB (413 above)."),
+    poll_seconds: float = _serve_option("poll_seconds", "How often the registry pointers are checked."),
+    threads: int = _serve_option(
+        "threads", "Intra-op threads per request (torch's and ONNX Runtime's). 1 measured best on 2 cores: 21% more "
+        "requests/s with 4 clients and a lower p99 (docs/serving.md); run a process per core for more.", min=1,
     ),
-    max_concurrency: int = typer.Option(64, help="Concurrent connections before 503."),
-    backend: str = typer.Option("auto", help="auto, eager, compile or onnx (auto: onnx where the export has one)."),
-    bf16: bool = typer.Option(False, help="bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16)."),
-    inline: bool = typer.Option(
-        False, help="Score on the event loop's thread, not a worker thread: ~0.5 ms less per request, one "
-        "request at a time (for one process per core with --threads 1)."
+    max_concurrency: int = _serve_option("max_concurrency", "Concurrent connections before 503."),
+    backend: str = _serve_option("backend", "auto, eager, compile or onnx (auto: onnx where the export has one)."),
+    bf16: bool = _serve_option("bf16", "bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16)."),
+    inline: bool = _serve_option(
+        "inline", "Score on the event loop's thread, not a worker thread: ~0.5 ms less per request, one request at "
+        "a time (for one process per core with --threads 1).",
     ),
 ) -> None:
     """Serve the registry's live models over HTTP (FastAPI + uvicorn)."""
+    from pydantic import ValidationError
+
     from unictr.serving.app import serve
     from unictr.serving.registry import RegistryError
 
     try:
-        serve(
-            registry, host=host, port=port, max_concurrency=max_concurrency, max_unique_users=max_unique_users,
+        spec = ServeSpec(
+            host=host, port=port, max_concurrency=max_concurrency, max_unique_users=max_unique_users,
             max_candidates=max_candidates, max_body_bytes=int(max_body_mb * (1 << 20)), poll_seconds=poll_seconds,
             threads=threads, backend=backend, bf16=bf16, inline=inline,
         )
+    except ValidationError as e:
+        _fail("; ".join(f"--{_SERVE_FLAGS.get(err['loc'][0], err['loc'][0])}: {err['msg']}" for err in e.errors()))
+    try:
+        serve(registry, spec)
     except RegistryError as e:
         _fail(str(e))
 

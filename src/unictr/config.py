@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -197,6 +197,43 @@ class TrainSpec(_Strict):
     device: str = Field(default="auto", description="auto | cpu | cuda.")
 
 
+# How a scorer runs its model (serving/backends.py; docs/performance.md measures each).
+Backend = Literal["auto", "eager", "compile", "onnx"]
+
+
+class ServeSpec(_Strict):
+    """Options of the scoring service (`unictr serve`, `serving.app.create_app`) and its scorers."""
+
+    host: str = Field(default="127.0.0.1", description="Interface to bind (localhost by default).")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port.")
+    max_concurrency: int = Field(default=64, ge=1, description="Concurrent connections before 503.")
+    max_unique_users: int = Field(default=256, ge=1, description="Users per forward pass; larger requests are chunked.")
+    max_candidates: int = Field(default=5000, ge=1, description="Candidates per request; more is refused (413).")
+    max_body_bytes: int = Field(default=8 << 20, ge=1, description="Largest request body in bytes (413 above).")
+    poll_seconds: float = Field(default=1.0, gt=0, description="How often the registry pointers are checked.")
+    threads: int | None = Field(
+        default=1, ge=1, description="Intra-op threads per request (torch's and ONNX Runtime's), set process-wide when "
+        "the app starts; null leaves torch's setting. 1 measured best on 2 cores (docs/serving.md); run a process "
+        "per core for more."
+    )
+    backend: Backend = Field(
+        default="auto", description="How each surface's model runs: auto (onnx where the export has a model.onnx "
+        "and neither bf16 nor another device is asked for, else eager), eager, compile or onnx."
+    )
+    bf16: bool = Field(default=False, description="bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16).")
+    inline: bool = Field(
+        default=False, description="Score on the event loop's thread, not a worker thread: less time per request, "
+        "one request at a time (for one process per core with threads 1)."
+    )
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _known_backend(cls, value: object) -> object:
+        if value not in get_args(Backend):
+            raise ValueError(f"backend must be one of {', '.join(get_args(Backend))}; got {value!r}")
+        return value
+
+
 class Config(_Strict):
     data: DataSpec = Field(default=DataSpec(), description="Names of the canonical key columns.")
     features: list[FeatureSpec] = Field(min_length=1, description="Input columns (see `features[]`).")
@@ -321,7 +358,7 @@ def reference_markdown() -> str:
         ("top level", Config), ("data", DataSpec), ("features[]", FeatureSpec), ("sequence", SequenceSpec),
         ("surfaces[]", SurfaceSpec), ("tasks[]", TaskSpec), ("model", ModelSpec), ("model.sequence", SequenceModelSpec),
         ("model.mmoe", MMoESpec), ("model.dcn", DCNSpec), ("model.tower", TowerSpec),
-        ("model.calibration", CalibrationSpec), ("train", TrainSpec),
+        ("model.calibration", CalibrationSpec), ("train", TrainSpec), ("unictr serve options", ServeSpec),
     ]
     for title, model in sections:
         lines += ["", f"## `{title}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]

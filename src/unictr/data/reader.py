@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from unictr.config import DataSpec
-from unictr.data.batch import SEQUENCE_FIELDS, Batch, Schema, concat_batches
-from unictr.data.encode import hash_ids
+from unictr.data.batch import Batch, Schema, concat_batches
+from unictr.data.columns import SequenceArrays, SideColumns, dense_matrix, encode_columns, no_sequences, pad_sequences
 from unictr.data.errors import DataError
 
 
@@ -102,33 +102,26 @@ def encode_table(table: pa.Table, schema: Schema, keys: DataSpec, source: str = 
     )
     view_key = _index_in(pa.table({"v": view_col}), "v", view_names, source, label=keys.view_type)
 
-    user_cat = _cat_matrix(table, schema.user_cat, schema.user_cat_sizes, source)[starts]
-    user_dense = _dense_matrix(table, schema.user_dense, source)[starts]
-    cand_cat = _cat_matrix(table, schema.cand_cat, schema.cand_cat_sizes, source)
-    cand_dense = _dense_matrix(table, schema.cand_dense, source)
-    labels = _dense_matrix(table, schema.labels, source, what="label")
+    user_ids = [_int_column(table, c, source) for c in schema.user_cat]
+    users = SideColumns(user_ids, _dense_columns(table, schema.user_dense, source), starts)
+    cand_ids = [_int_column(table, c, source) for c in schema.cand_cat]
+    candidates = SideColumns(cand_ids, _dense_columns(table, schema.cand_dense, source), slice(0, n))
+    labels = dense_matrix(_dense_columns(table, schema.labels, source, what="label"), slice(0, n))
     bad = ~np.isin(labels, (0.0, 1.0))
     if bad.any():
         col = schema.labels[int(np.nonzero(bad)[1][0])]
         raise DataError(f"{source}: label column {col!r} holds values other than 0/1")
-    label_mask = np.asarray(schema.task_mask, dtype=bool)[surface]
     p_cols = [f"p_true_{t}" for t in schema.tasks]
-    p_true = _dense_matrix(table, p_cols, source) if all(c in table.column_names for c in p_cols) else None
+    p_true = None
+    if all(c in table.column_names for c in p_cols):
+        p_true = dense_matrix(_dense_columns(table, p_cols, source), slice(0, n))
 
     seq = _sequences(table, schema, starts, ts[starts], source)
     return Batch.from_numpy(
-        dict(
-            user_cat=user_cat,
-            user_dense=user_dense,
-            **dict(zip(SEQUENCE_FIELDS, seq, strict=True)),
-            cand_cat=cand_cat,
-            cand_dense=cand_dense,
-            surface=surface,
-            view_key=view_key,
-            user_index=user_index.astype(np.int64),
-            labels=labels,
-            label_mask=label_mask,
-            p_true=p_true,
+        encode_columns(
+            schema, users, candidates, seq, surface=surface, view_key=view_key,
+            user_index=user_index.astype(np.int64), labels=labels,
+            label_mask=np.asarray(schema.task_mask, dtype=bool)[surface], p_true=p_true,
         )
     )
 
@@ -166,23 +159,19 @@ def _index_in(table: pa.Table, name: str, values: list[str], source: str, label:
     return idx.to_numpy().astype(np.int64)
 
 
-def _cat_matrix(table: pa.Table, names: tuple[str, ...], sizes: tuple[int, ...], source: str) -> np.ndarray:
-    out = np.empty((table.num_rows, len(names)), dtype=np.int64)
-    for j, (name, size) in enumerate(zip(names, sizes, strict=True)):
-        out[:, j] = hash_ids(_int_column(table, name, source), size)
-    return out
-
-
-def _dense_matrix(table: pa.Table, names: tuple[str, ...] | list[str], source: str, what: str = "dense") -> np.ndarray:
-    out = np.empty((table.num_rows, len(names)), dtype=np.float32)
-    for j, name in enumerate(names):
+def _dense_columns(
+    table: pa.Table, names: tuple[str, ...] | list[str], source: str, what: str = "dense"
+) -> list[np.ndarray]:
+    """The named numeric columns as float32 arrays, refusing non-numeric types and NaN/inf/null values."""
+    out = []
+    for name in names:
         col = _column(table, name, source)
         if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
             raise DataError(f"{source}: {what} column {name!r} must be numeric, got {col.type}")
         vals = col.to_numpy(zero_copy_only=False).astype(np.float32)
         if not np.isfinite(vals).all():
             raise DataError(f"{source}: {what} column {name!r} holds NaN/inf or null values")
-        out[:, j] = vals
+        out.append(vals)
     return out
 
 
@@ -216,50 +205,3 @@ def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.n
             raise DataError(f"{source}: sequence column {c!r} has lists of other lengths than {cols[0]!r}")
         stacked[k] = values
     return pad_sequences(off[starts], off[starts + 1], stacked, req_ts, schema, source)
-
-
-# The sequence fields of a Batch (SEQUENCE_FIELDS, in that order) as numpy arrays.
-SequenceArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
-
-
-def no_sequences(users: int) -> SequenceArrays:
-    """The placeholder sequence arrays (`L` = 1, nothing visible) of a config without a sequence."""
-    z = np.zeros((users, 1), dtype=np.int64)
-    side = np.zeros((users, 1, 0), dtype=np.int64)
-    return z, side, z.copy(), np.zeros((users, 1), dtype=np.float32), np.zeros((users, 1), dtype=bool)
-
-
-def pad_sequences(
-    lo: np.ndarray, hi: np.ndarray, events: np.ndarray, req_ts: np.ndarray, schema: Schema, source: str
-) -> SequenceArrays:
-    """Left-padded item `[U, L]`, side `[U, L, Ks]`, action, age and mask `[U, L]` arrays from flat events.
-
-    `events` is `[1 + Ks + 2, E]` int64: rows item, each side column, action, time (ms). User u's events
-    are columns `lo[u]:hi[u]`, oldest first; the newest L are kept, the newest at L-1. Shared by the
-    reader and the serving request encoder so both encode alike. All rows are gathered by one call (a
-    serving request is one user, whose cost is the number of calls, not the data); each id row (item,
-    sides) is hashed by its own, with its table's size as a scalar: numpy divides by a scalar ~4x
-    faster than by an array, which is what a reader's million events cost.
-    """
-    spec = schema.sequence
-    assert spec is not None
-    length = spec.max_len
-    pos = hi[:, None] - length + np.arange(length)[None, :]  # newest event lands at L-1
-    mask = pos >= lo[:, None]
-    safe = np.where(mask, pos, 0)
-    ev = np.take(events, safe, axis=1) if events.shape[1] else np.zeros((len(events), *safe.shape), dtype=np.int64)
-    age_ms = req_ts[:, None] - ev[-1]
-    if (age_ms[mask] <= 0).any():
-        raise DataError(f"{source}: column {spec.time_column!r} holds an event at or after its row's timestamp")
-    sizes = (schema.item_hash_size, *schema.seq_side_sizes)  # each id row's table
-    ids = np.empty((len(sizes), *mask.shape), dtype=np.int64)  # [1 + Ks, U, L]
-    for k, size in enumerate(sizes):
-        ids[k] = hash_ids(ev[k], size)
-    ids *= mask  # padding is row 0
-    return (
-        ids[0],
-        np.ascontiguousarray(np.moveaxis(ids[1:], 0, -1)),
-        np.where(mask, ev[-2] % spec.num_actions, 0),
-        np.where(mask, age_ms / 1000.0, 0.0).astype(np.float32),
-        mask,
-    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,15 +26,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 
 from unictr.checkpoint import CheckpointError
-from unictr.serving.metrics import ServingMetrics
+from unictr.config import ServeSpec
 from unictr.serving.registry import Registry, RegistryError
-from unictr.serving.scorer import RequestError, Scorer, ScoreResult
+from unictr.serving.request import RequestError
+from unictr.serving.scorer import Scorer, ScoreResult
+from unictr.serving.telemetry import ServingMetrics
 
 log = logging.getLogger("unictr.serving")
 
-DEFAULT_MAX_BODY_BYTES = 8 << 20
-# The answer's JSON bytes, written by pydantic's core: 0.05 ms for 500 candidates x 3 tasks, against 0.5 ms
-# for the standard library's encoder behind `JSONResponse` (docs/performance.md); the same JSON values.
+# The answer's JSON bytes, written by pydantic's core: the same JSON values as the standard library's
+# encoder behind `JSONResponse`, many times faster (docs/performance.md).
 ANSWER_JSON = TypeAdapter(dict[str, Any])
 
 
@@ -49,13 +50,11 @@ class SurfaceModels:
 class ModelStore:
     """Loaded scorers per surface, kept in step with the registry's pointers."""
 
-    def __init__(
-        self, registry: Registry, metrics: ServingMetrics, scorer_options: dict[str, Any], poll_seconds: float
-    ) -> None:
+    def __init__(self, registry: Registry, metrics: ServingMetrics, spec: ServeSpec) -> None:
         self.registry = registry
         self.metrics = metrics
-        self.scorer_options = scorer_options
-        self.poll_seconds = poll_seconds
+        self.spec = spec  # the scorers' options and the poll interval
+        self.poll_seconds = spec.poll_seconds
         self._models: dict[str, SurfaceModels] = {}
         self._surfaces: frozenset[str] = frozenset()
         self._cache: dict[tuple[str, str], Scorer] = {}  # (surface, version): live, shadow and previous
@@ -113,9 +112,7 @@ class ModelStore:
     def _scorer(self, surface: str, version: str) -> Scorer:
         key = (surface, version)
         if key not in self._cache:
-            self._cache[key] = Scorer.load(
-                self.registry.version_dir(surface, version), version=version, **self.scorer_options
-            )
+            self._cache[key] = Scorer.load(self.registry.version_dir(surface, version), version, self.spec)
         return self._cache[key]
 
     def start(self) -> None:
@@ -187,29 +184,20 @@ def _error(status: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status)
 
 
-def create_app(
-    registry_dir: str | Path,
-    max_unique_users: int = 256,
-    max_candidates: int = 5000,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    poll_seconds: float = 1.0,
-    threads: int | None = None,
-    backend: str = "auto",
-    bf16: bool = False,
-    inline: bool = False,
-) -> FastAPI:
+def create_app(registry_dir: str | Path, spec: ServeSpec | None = None) -> FastAPI:
     """The scoring app over `registry_dir`; models load at startup and follow the registry after.
 
-    `backend` and `bf16` choose how each surface's model runs (see `Scorer`). `inline` scores on the
-    event loop's thread instead of handing each request to a worker thread: ~0.5 ms less per request
-    (the hand-over and its GIL traffic), but the process then scores one request at a time and answers
-    health checks between requests; meant for one process per core with one thread each.
+    `spec` (default `ServeSpec()`): `threads` is set here, process-wide; `backend` and `bf16` choose how
+    each surface's model runs (see `Scorer`). `inline` scores on the event loop's thread instead of
+    handing each request to a worker thread: less time per request (the hand-over and its GIL traffic,
+    docs/performance.md), but the process then scores one request at a time and answers health checks
+    between requests; meant for one process per core with one thread each.
     """
-    if threads is not None:
-        torch.set_num_threads(threads)
+    spec = spec or ServeSpec()
+    if spec.threads is not None:
+        torch.set_num_threads(spec.threads)
     metrics = ServingMetrics()
-    options = {"max_unique_users": max_unique_users, "max_candidates": max_candidates, "backend": backend, "bf16": bf16}
-    store = ModelStore(Registry(registry_dir), metrics, options, poll_seconds)
+    store = ModelStore(Registry(registry_dir), metrics, spec)
     shadow = ShadowRunner(metrics)
 
     @asynccontextmanager
@@ -225,35 +213,7 @@ def create_app(
     app = FastAPI(title="unictr scoring service", lifespan=lifespan)
     app.state.store = store
     app.state.metrics = metrics
-
-    @app.post("/v1/surfaces/{surface}/score")
-    async def score(surface: str, request: Request) -> Response:
-        """Probabilities per task for every candidate of the request (format: docs/serving.md)."""
-        start = time.perf_counter()
-        models = store.get(surface)
-        if models is None:
-            if store.known(surface):
-                metrics.errors.labels(surface, "unavailable").inc()
-                return _error(503, f"surface {surface!r} has no live model; promote a version first")
-            metrics.errors.labels("unknown", "not_found").inc()
-            return _error(404, f"unknown surface {surface!r}; serving {sorted(store.summary())}")
-        try:
-            body = await _read_body(request, max_body_bytes)
-            if inline:
-                result = models.live.score(body)
-            else:
-                result = await run_in_threadpool(models.live.score, body)
-        except RequestError as e:
-            metrics.errors.labels(surface, "too_large" if e.status == 413 else "validation").inc()
-            return _error(e.status, str(e))
-        except Exception:
-            log.exception("%s: scoring failed", surface)
-            metrics.errors.labels(surface, "internal").inc()
-            return _error(500, "internal error while scoring; see the server log")
-        metrics.observe_score(result, time.perf_counter() - start)
-        if models.shadow is not None:
-            shadow.submit(models.shadow, body, result)
-        return Response(ANSWER_JSON.dump_json(result.to_json()), media_type="application/json")
+    app.post("/v1/surfaces/{surface}/score")(_score_endpoint(store, shadow, spec))
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -270,16 +230,52 @@ def create_app(
     return app
 
 
-def serve(
-    registry_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_concurrency: int = 64, **options: Any
-) -> None:
-    """Run the app with uvicorn (blocking). `options` go to `create_app`."""
+def _score_endpoint(
+    store: ModelStore, shadow: ShadowRunner, spec: ServeSpec
+) -> Callable[[str, Request], Awaitable[Response]]:
+    """The handler of `POST /v1/surfaces/{surface}/score`."""
+    metrics = store.metrics
+
+    async def score(surface: str, request: Request) -> Response:
+        """Probabilities per task for every candidate of the request (format: docs/serving.md)."""
+        start = time.perf_counter()
+        models = store.get(surface)
+        if models is None:
+            if store.known(surface):
+                metrics.errors.labels(surface, "unavailable").inc()
+                return _error(503, f"surface {surface!r} has no live model; promote a version first")
+            metrics.errors.labels("unknown", "not_found").inc()
+            return _error(404, f"unknown surface {surface!r}; serving {sorted(store.summary())}")
+        try:
+            body = await _read_body(request, spec.max_body_bytes)
+            if spec.inline:
+                result = models.live.score(body)
+            else:
+                result = await run_in_threadpool(models.live.score, body)
+        except RequestError as e:
+            metrics.errors.labels(surface, "too_large" if e.status == 413 else "validation").inc()
+            return _error(e.status, str(e))
+        except Exception:
+            log.exception("%s: scoring failed", surface)
+            metrics.errors.labels(surface, "internal").inc()
+            return _error(500, "internal error while scoring; see the server log")
+        metrics.observe_score(result, time.perf_counter() - start)
+        if models.shadow is not None:
+            shadow.submit(models.shadow, body, result)
+        return Response(ANSWER_JSON.dump_json(result.to_json()), media_type="application/json")
+
+    return score
+
+
+def serve(registry_dir: str | Path, spec: ServeSpec | None = None) -> None:
+    """Run the app with uvicorn (blocking) on `spec.host`:`spec.port`."""
     import uvicorn
 
+    spec = spec or ServeSpec()
     if not Path(registry_dir).is_dir():
         raise RegistryError(f"{registry_dir}: no such registry directory")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(
-        create_app(registry_dir, **options), host=host, port=port, limit_concurrency=max_concurrency,
+        create_app(registry_dir, spec), host=spec.host, port=spec.port, limit_concurrency=spec.max_concurrency,
         timeout_graceful_shutdown=5, log_level="info",
     )

@@ -1,0 +1,125 @@
+"""The one encoder of canonical columns into the `Batch` layout, shared by the reader and the request encoder.
+
+Each caller validates its own input form (an Arrow table, a request) and hands over numpy columns;
+this module hashes, gathers, pads and lays them out as the `FIELDS` of `data/batch.py`, so a file
+and a request encode alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from unictr.data.batch import FIELDS, SEQUENCE_FIELDS, Schema
+from unictr.data.encode import hash_ids
+from unictr.data.errors import DataError
+
+# The sequence fields of a Batch (SEQUENCE_FIELDS, in that order) as numpy arrays.
+SequenceArrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+FIELD_SET = frozenset(f.name for f in FIELDS)
+# Optional fields a caller may leave out (they become None).
+OPTIONAL_FIELDS = frozenset(f.name for f in FIELDS if f.optional)
+
+
+class SideColumns(NamedTuple):
+    """Validated feature columns of one side (user or candidate), before encoding.
+
+    `ids`: either one `[F, M]` int64 matrix, hashed in one vectorised call (a request: its cost is the
+    number of numpy calls), or one 1-D integer array per feature, each hashed with its table size as a
+    scalar (a file: its cost is the rows, and numpy divides by a scalar faster than by an array).
+    `dense`: one 1-D numeric array per feature. `take`: the positions of the side's rows in those
+    columns (`slice(0, n)`: the first n, in order).
+    """
+
+    ids: np.ndarray | Sequence[np.ndarray]
+    dense: Sequence[np.ndarray]
+    take: np.ndarray | slice
+
+
+def encode_columns(
+    schema: Schema, users: SideColumns, candidates: SideColumns, sequences: SequenceArrays, **rows: np.ndarray | None
+) -> dict[str, np.ndarray | None]:
+    """The Batch fields (one per entry of `FIELDS`): the users' and candidates' feature matrices (hashed
+    ids, float32 dense), the sequence arrays (`pad_sequences`) and the other row fields `rows` as given
+    (optional ones left out are None)."""
+    fields: dict[str, np.ndarray | None] = {
+        "user_cat": id_matrix(users.ids, schema.user_cat_sizes, users.take),
+        "user_dense": dense_matrix(users.dense, users.take),
+        **dict(zip(SEQUENCE_FIELDS, sequences, strict=True)),
+        "cand_cat": id_matrix(candidates.ids, schema.cand_cat_sizes, candidates.take),
+        "cand_dense": dense_matrix(candidates.dense, candidates.take),
+        **rows,
+    }
+    for name in OPTIONAL_FIELDS - rows.keys():
+        fields[name] = None
+    if fields.keys() != FIELD_SET:
+        raise TypeError(f"encode_columns: fields {sorted(fields)}, not the Batch's {sorted(FIELD_SET)}")
+    return fields
+
+
+def id_matrix(ids: np.ndarray | Sequence[np.ndarray], sizes: tuple[int, ...], take: np.ndarray | slice) -> np.ndarray:
+    """Hashed ids `[rows of take, F]` int64 of F id columns (see `SideColumns.ids` for the two forms)."""
+    if isinstance(ids, np.ndarray):  # [F, M]: one vectorised hash (one size per column), then rows in `take` order
+        return np.ascontiguousarray(hash_ids(ids, np.asarray(sizes)[:, None]).T[take])
+    out = np.empty((_rows(take), len(sizes)), dtype=np.int64)
+    for j, (col, size) in enumerate(zip(ids, sizes, strict=True)):
+        out[:, j] = hash_ids(col[take], size)
+    return out
+
+
+def dense_matrix(columns: Sequence[np.ndarray], take: np.ndarray | slice) -> np.ndarray:
+    """Dense values `[rows of take, F]` float32: each column's values at the positions `take`."""
+    out = np.empty((_rows(take), len(columns)), dtype=np.float32)
+    for j, col in enumerate(columns):
+        out[:, j] = col[take]
+    return out
+
+
+def _rows(take: np.ndarray | slice) -> int:
+    """How many rows the positions `take` select (a slice here is `slice(0, n)`)."""
+    return take.stop if isinstance(take, slice) else len(take)
+
+
+def no_sequences(users: int) -> SequenceArrays:
+    """The placeholder sequence arrays (`L` = 1, nothing visible) of a config without a sequence."""
+    z = np.zeros((users, 1), dtype=np.int64)
+    side = np.zeros((users, 1, 0), dtype=np.int64)
+    return z, side, z.copy(), np.zeros((users, 1), dtype=np.float32), np.zeros((users, 1), dtype=bool)
+
+
+def pad_sequences(
+    lo: np.ndarray, hi: np.ndarray, events: np.ndarray, req_ts: np.ndarray, schema: Schema, source: str
+) -> SequenceArrays:
+    """Left-padded item `[U, L]`, side `[U, L, Ks]`, action, age and mask `[U, L]` arrays from flat events.
+
+    `events` is `[1 + Ks + 2, E]` int64: rows item, each side column, action, time (ms). User u's events
+    are columns `lo[u]:hi[u]`, oldest first; the newest L are kept, the newest at L-1. Shared by the
+    reader and the serving request encoder so both encode alike. All rows are gathered by one call (a
+    serving request is one user, whose cost is the number of calls, not the data); each id row (item,
+    sides) is hashed by its own, with its table's size as a scalar: numpy divides by a scalar faster
+    than by an array, which is what a reader's million events cost.
+    """
+    spec = schema.sequence
+    assert spec is not None
+    length = spec.max_len
+    pos = hi[:, None] - length + np.arange(length)[None, :]  # newest event lands at L-1
+    mask = pos >= lo[:, None]
+    safe = np.where(mask, pos, 0)
+    ev = np.take(events, safe, axis=1) if events.shape[1] else np.zeros((len(events), *safe.shape), dtype=np.int64)
+    age_ms = req_ts[:, None] - ev[-1]
+    if (age_ms[mask] <= 0).any():
+        raise DataError(f"{source}: column {spec.time_column!r} holds an event at or after its row's timestamp")
+    sizes = (schema.item_hash_size, *schema.seq_side_sizes)  # each id row's table
+    ids = np.empty((len(sizes), *mask.shape), dtype=np.int64)  # [1 + Ks, U, L]
+    for k, size in enumerate(sizes):
+        ids[k] = hash_ids(ev[k], size)
+    ids *= mask  # padding is row 0
+    return (
+        ids[0],
+        np.ascontiguousarray(np.moveaxis(ids[1:], 0, -1)),
+        np.where(mask, ev[-2] % spec.num_actions, 0),
+        np.where(mask, age_ms / 1000.0, 0.0).astype(np.float32),
+        mask,
+    )
