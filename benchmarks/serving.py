@@ -44,8 +44,8 @@ from unictr.train.loop import train
 
 USERS, CANDIDATES = 1, 500
 BLOCK = 20  # consecutive timed calls per variant and round: latency of one configuration (harness.compare)
-# Timed calls per variant. A p99 needs them: of 200 calls it is the second slowest, and one stall of the
-# shared machine (three slow calls in a row) moved it from 2.8 to 5.4 ms; of 1,000 it is the tenth.
+# Timed calls per variant. A p99 needs them: of 200 calls it is the second slowest, so one stall of the
+# shared machine (a few slow calls in a row) decides it (docs/performance.md); of 1,000 it is the tenth.
 REPEATS = 1000
 SERVER_START_TIMEOUT_S = 600  # the compile backend compiles before it serves
 

@@ -110,7 +110,7 @@ FIELD_NAMES = tuple(f.name for f in FIELDS)
 USER_FIELDS = frozenset(f.name for f in FIELDS if f.side == "user")
 # The tensors the model reads, in the order an exported graph takes them.
 MODEL_INPUTS = tuple(f.name for f in FIELDS if f.model_input)
-# A user's action sequence, in the order `reader.pad_sequences` returns it.
+# A user's action sequence, in the order `columns.pad_sequences` returns it.
 SEQUENCE_FIELDS = tuple(f.name for f in FIELDS if f.name.startswith("seq_"))
 
 

@@ -1,0 +1,5 @@
+"""`python -m unictr.cli`: the `unictr` command."""
+
+from unictr.cli import app
+
+app()

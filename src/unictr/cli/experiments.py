@@ -1,0 +1,83 @@
+"""`unictr bench` and `unictr experiment …`: measuring the model and comparing designs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from unictr.cli.common import app, console, experiment_app, fail, load, write_json
+
+
+@app.command("bench")
+def bench_cmd(
+    suite: str = typer.Option("all", help="embedding, broadcast, serving, training, floor or all."),
+    out: Path | None = typer.Option(None, help="Write the results as JSON here."),
+    quick: bool = typer.Option(False, help="Tiny sizes and few repeats: checks that the suites run, measures little."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's, one per core)."),
+) -> None:
+    """Benchmark the model: fused embedding, user broadcasting, serving latency, training throughput, FLOP floor."""
+    from unictr.bench import BenchError, headlines, run
+
+    try:
+        result = run(suite, quick=quick, device=device, threads=threads, log=console.print)
+    except (BenchError, ValueError) as e:
+        fail(str(e))
+    table = Table(title=f"unictr bench ({suite}{', quick' if quick else ''}; {result['machine']['cpu']})")
+    for col in ("measure", "value", "target"):
+        table.add_column(col)
+    for row in headlines(result):
+        table.add_row(*row)
+    console.print(table)
+    if out is not None:
+        write_json(out, result)
+        console.print(f"results: {out}")
+
+
+@experiment_app.command("unify")
+def experiment_unify(
+    config: Path = typer.Option(..., help="YAML config, e.g. configs/kuairand.yaml."),
+    data: Path = typer.Option(..., help="Data directory with train/ and eval/."),
+    out: Path = typer.Option(..., help="Report directory: report.md, report.json, auc.png."),
+    seeds: str = typer.Option("0", help="Comma-separated training seeds; metrics are averaged over them."),
+    arms: str = typer.Option(
+        "unified,separate,shared,lightgbm",
+        help="Comma-separated arms: unified, separate, shared, lightgbm, and the ablations no_sequence, no_mmoe.",
+    ),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC-difference intervals."),
+    keep_runs: bool = typer.Option(False, help="Keep every model's checkpoint under OUT/runs."),
+) -> None:
+    """Unified vs one model per surface vs one shared tower vs LightGBM (and ablations), same data and budget."""
+    import shlex
+
+    from unictr.experiment.run import run_experiment
+
+    cfg = load(config)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
+    try:
+        report = run_experiment(
+            cfg, data, out, seeds=seed_list, arms=arm_list, n_boot=bootstrap, keep_runs=keep_runs,
+            command=shlex.join(["unictr", "experiment", "unify", "--config", str(config), "--data", str(data),
+                                "--out", str(out), "--seeds", seeds, "--arms", arms, "--bootstrap", str(bootstrap)]
+                               + ["--keep-runs"] * keep_runs),
+            console=console, show_progress=True,
+        )
+    except ValueError as e:  # DataError and ConfigError are ValueErrors too
+        fail(str(e))
+    task = cfg.task_names[0]
+    table = Table(title=f"{task} AUC on {data / 'eval'} (mean of seeds {list(seed_list)})")
+    names = ["overall", *cfg.surface_names]
+    for col in ["arm", *names, "train s", "params"]:
+        table.add_column(col, justify="left" if col == "arm" else "right")
+    for arm, r in report["arms"].items():
+        aucs = [r["overall"][task]["auc"], *(r["surfaces"][s].get(task, {}).get("auc") for s in cfg.surface_names)]
+        table.add_row(arm, *("-" if v is None else f"{v:.4f}" for v in aucs), f"{r['train_seconds']:.0f}",
+                      f"{r['params']:,}")
+    console.print(table)
+    console.print(f"report: {out / 'report.md'}")

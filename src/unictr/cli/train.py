@@ -1,0 +1,183 @@
+"""`unictr data …`, `train`, `eval`, `quickstart` and `calibrate`: making data, training, evaluating a run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from unictr.cli.common import DEFAULT_CONFIG, app, console, data_app, fail, load, write_json
+
+
+@data_app.command("simulate")
+def data_simulate(
+    rows: int = typer.Option(300_000, help="Impressions to simulate."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    out: Path = typer.Option(..., help="Output data directory (train/, eval/, meta.json)."),
+) -> None:
+    """Write the built-in simulated world (known true probabilities) as canonical Parquet."""
+    from unictr.data.simulate import simulate
+
+    t0 = time.perf_counter()
+    meta = simulate(rows=rows, seed=seed, out=out)
+    console.print(f"wrote {meta.get('rows', rows):,} rows to {out} in {time.perf_counter() - t0:.1f}s")
+
+
+@data_app.command("kuairand", context_settings={"allow_extra_args": True})
+def data_kuairand(
+    ctx: typer.Context,
+    logs: list[Path] = typer.Option(..., help="KuaiRand-Pure log CSV(s); `--logs A.csv B.csv` or repeat --logs."),
+    users: Path = typer.Option(..., help="user_features_pure.csv."),
+    videos: Path = typer.Option(..., help="video_features_basic_pure.csv."),
+    history: Path | None = typer.Option(None, help="Pre-window history Parquet (optional)."),
+    eval_from: str = typer.Option(..., help="First eval day, YYYY-MM-DD (earlier log days are train)."),
+    eval_until: str | None = typer.Option(None, help="First day left out entirely (e.g. a validation split)."),
+    max_seq_len: int = typer.Option(64, help="Newest sequence events kept per request."),
+    engaged_only: bool = typer.Option(
+        False, "--engaged-only", help="Sequences hold only engaged impressions (default: every earlier impression)."
+    ),
+    out: Path = typer.Option(..., help="Output data directory (train/, eval/, meta.json)."),
+) -> None:
+    """Convert the official KuaiRand-Pure files into canonical Parquet (train before --eval-from, eval after)."""
+    from unictr.data.errors import DataError
+    from unictr.data.kuairand import convert_kuairand
+
+    extra = [a for a in ctx.args if a.startswith("-")]
+    if extra:
+        fail(f"unknown option(s) {extra}")
+    t0 = time.perf_counter()
+    try:
+        meta = convert_kuairand(
+            [*logs, *map(Path, ctx.args)], users, videos, history, eval_from, out,
+            max_seq_len=max_seq_len, eval_until=eval_until, engaged_only=engaged_only,
+        )
+    except DataError as e:
+        fail(str(e))
+    splits = ", ".join(f"{s} {v['rows']:,} rows" for s, v in meta["splits"].items())
+    console.print(f"wrote {out}: {splits} ({meta['duplicates_dropped']:,} duplicates dropped) "
+                  f"in {time.perf_counter() - t0:.1f}s")
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Option(DEFAULT_CONFIG, help="YAML config."),
+    data: Path = typer.Option(..., help="Data directory with train/ (and eval/)."),
+    out: Path = typer.Option(..., help="Run directory for the checkpoint."),
+    resume: bool = typer.Option(False, help="Continue from the run directory's last checkpoint."),
+) -> None:
+    """Train the unified model."""
+    from unictr.train.loop import train
+
+    cfg = load(config)
+    train(cfg, data, out, resume=resume, console=console)
+    console.print(f"checkpoint: {out}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Path = typer.Option(..., help="Run directory (model.safetensors + manifest.json)."),
+    data: Path = typer.Option(..., help="Data directory (reads DATA/eval) or a split directory."),
+    out: Path = typer.Option(Path("metrics.json"), help="Where to write metrics.json."),
+    split: str = typer.Option("eval", help="Split sub-directory to read."),
+    plots: Path | None = typer.Option(None, help="Also write one reliability-diagram PNG per surface here."),
+) -> None:
+    """Evaluate a run per surface × task; write metrics.json and print the table."""
+    metrics = evaluate_run(run, data, split, plots)
+    write_json(out, metrics)
+    print_metrics(metrics)
+    console.print(f"metrics: {out}" + (f"\nreliability diagrams: {plots}" if plots else ""))
+
+
+@app.command("quickstart")
+def quickstart(
+    out: Path = typer.Option(Path("quickstart"), help="Output directory."),
+    rows: int = typer.Option(1_000_000, help="Impressions to simulate."),
+    config: Path = typer.Option(DEFAULT_CONFIG, help="YAML config."),
+    seed: int = typer.Option(0, help="Simulator seed."),
+) -> None:
+    """Simulate → train → evaluate, then print the per-surface table and the paths."""
+    from unictr.data.simulate import simulate
+    from unictr.export.job import export_all_surfaces
+    from unictr.train.loop import train
+
+    cfg = load(config)
+    t0 = time.perf_counter()
+    data_dir, run_dir = out / "data", out / "run"
+    simulate(rows=rows, seed=seed, out=data_dir)
+    console.print(f"simulated {rows:,} rows → {data_dir} ({time.perf_counter() - t0:.0f}s)")
+    train(cfg, data_dir, run_dir, console=console)
+    metrics = evaluate_run(run_dir, data_dir, "eval")
+    write_json(out / "metrics.json", metrics)
+    print_metrics(metrics)
+    exports = export_all_surfaces(run_dir, out / "exports")
+    console.print(f"data: {data_dir}\nrun: {run_dir}\nmetrics: {out / 'metrics.json'}")
+    for surface, path in exports.items():
+        console.print(f"export ({surface}): {path}")
+    console.print(f"total {time.perf_counter() - t0:.0f}s")
+
+
+def evaluate_run(run: Path, data: Path, split: str = "eval", plots: Path | None = None) -> dict[str, Any]:
+    from unictr.checkpoint import load_model
+    from unictr.data.reader import load_split
+    from unictr.train.evaluate import evaluate
+    from unictr.train.loop import setup_runtime
+
+    model, _ = load_model(run)
+    setup_runtime(model.cfg.train.model_copy(update={"device": "cpu"}))
+    split_dir = data / split if (data / split).is_dir() else data
+    return evaluate(model, load_split(split_dir, model.schema, model.cfg.data), plots=plots)
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    table = Table(title="evaluation")
+    for col in ["surface", "task", "n", "auc", "oracle auc", "logloss", "oracle ll", "ne", "calib ratio"]:
+        table.add_column(col, justify="right" if col not in ("surface", "task") else "left")
+
+    def fmt(v: Any, spec: str = ".4f") -> str:
+        return "-" if v is None else format(v, spec)
+
+    rows = [(s, t, m) for s, tasks in metrics["surfaces"].items() for t, m in tasks.items() if t != "view_types"]
+    rows += [("overall", t, m) for t, m in metrics["overall"].items()]
+    for s, t, m in rows:
+        table.add_row(
+            s, t, f"{m['n']:,}", fmt(m.get("auc")), fmt(m.get("oracle_auc")), fmt(m.get("logloss")),
+            fmt(m.get("oracle_logloss")), fmt(m.get("ne")), fmt(m.get("calibration_ratio"), ".3f"),
+        )
+    console.print(table)
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    run: Path = typer.Option(..., help="Run directory to calibrate (left unchanged)."),
+    data: Path = typer.Option(..., help="Data directory (reads DATA/<split>) or a split directory: held-out rows "
+                              "after the training period, never the rows you evaluate on."),
+    out: Path = typer.Option(..., help="New run directory: the run's weights plus the fitted maps."),
+    method: str = typer.Option(..., help="platt or isotonic."),
+    scope: str = typer.Option("view_type", help="Key each map is fitted per: view_type, surface or global."),
+    split: str = typer.Option("eval", help="Split sub-directory to fit on."),
+    min_rows: int = typer.Option(1000, help="Keys with fewer rows (or one class) use their parent's fit "
+                                 "(view type → surface → global)."),
+) -> None:
+    """Fit post-hoc calibration per scope key and task; the new run applies it in its forward pass."""
+    from unictr.calibration.job import CalibrationError, calibrate_run
+    from unictr.checkpoint import CheckpointError
+    from unictr.data.errors import DataError
+
+    t0 = time.perf_counter()
+    try:
+        manifest = calibrate_run(run, data, out, method, scope, split, min_rows)
+    except (CalibrationError, CheckpointError, DataError) as e:
+        fail(str(e))
+    info = manifest["calibration"]
+    table = Table(title=f"{method} calibration per {scope} ({info['rows']:,} rows, min {min_rows} per key)")
+    for col in ("task", "key", "rows", "fit used"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    for task, keys in info["fit"].items():
+        for key, r in keys.items():
+            used = f"[yellow]{r['used']} (fallback)[/yellow]" if r["fell_back"] else r["used"]
+            table.add_row(task, key, f"{r['rows']:,}", used)
+    console.print(table)
+    console.print(f"calibrated run: {out} ({time.perf_counter() - t0:.0f}s)")
