@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,12 +42,18 @@ def test_building_blocks_import_only_blocks_batch_and_config() -> None:
 
 
 def test_serving_does_not_import_data_loading() -> None:
+    """Neither directly nor through what it imports: a server process never loads the data reader."""
     bad = {
         str(p.relative_to(SRC)): sorted(m for m in _imports(p) if m.startswith("unictr.data.reader"))
         for p in (SRC / "serving").glob("*.py")
-        if p.name != "registry.py"  # the registry's promotion gate evaluates on a data split: a job, not the scorer
     }
     assert not {k: v for k, v in bad.items() if v}, bad
+    probe = (
+        "import sys, unictr.serving.app, unictr.serving.scorer, unictr.serving.registry; "
+        "print(sorted(m for m in sys.modules if m.startswith(('unictr.data.reader', 'unictr.gate'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(SRC)))

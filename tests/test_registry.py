@@ -19,8 +19,9 @@ from unictr.cli import app
 from unictr.data.reader import load_surface_split
 from unictr.export.artifact import load_export
 from unictr.export.job import export_surface
+from unictr.gate import GatePolicy
 from unictr.model import probabilities
-from unictr.serving.registry import POINTER, GatePolicy, Registry, RegistryError
+from unictr.serving.registry import POINTER, Registry, RegistryError
 
 SURFACE = "home_feed"
 

@@ -109,7 +109,7 @@ def registry_promote(
     calibration_task: str | None = typer.Option(None, help="Task whose calibration is gated (default: the first)."),
 ) -> None:
     """Gate a version and make it live atomically; running servers pick it up without a restart."""
-    from unictr.serving.registry import GatePolicy
+    from unictr.gate import GatePolicy
 
     if shadow:
         ptr = _registry_call(lambda r: r.set_shadow(surface, version or r.newest(surface)), registry)

@@ -20,18 +20,15 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from unictr.checkpoint import MANIFEST, save_json, sha256_file
+from unictr.export.artifact import NotAnExport, read_export_manifest, staged_dir, verify_files
 
-from unictr.checkpoint import MANIFEST, CheckpointError, save_json, sha256_file
-from unictr.data.reader import load_surface_split
-from unictr.export.artifact import NotAnExport, load_export, read_export_manifest, staged_dir, verify_files
-from unictr.export.probe import probe_batch
-from unictr.metrics import auc, calibration_ratio, json_float
-from unictr.model import UnifiedCTR, probabilities
+if TYPE_CHECKING:
+    from unictr.gate import GatePolicy, GateReport
 
 POINTER = "pointer.json"
 PUBLISHED = "published.json"
@@ -53,43 +50,8 @@ class Pointer:
     updated_at: str | None = None
 
 
-@dataclass(frozen=True)
-class GatePolicy:
-    """Promotion gate: calibration ratio of `calibration_task` (default: the first task) within
-    `calibration_bounds`, and no task's AUC below the live version's by more than `auc_margin`."""
-
-    auc_margin: float = 0.01
-    calibration_bounds: tuple[float, float] = (0.8, 1.25)
-    calibration_task: str | None = None
-
-
-@dataclass
-class GateReport:
-    surface: str
-    candidate: str
-    current: str | None
-    eval_data: str | None
-    policy: GatePolicy
-    rows: int = 0
-    metrics: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    forced: bool = False
-    promoted: bool = False
-    created_at: str = field(default_factory=lambda: _now())
-    path: str | None = None  # where the registry keeps this report
-
-    @property
-    def passed(self) -> bool:
-        return all(c["passed"] for c in self.checks)
-
-    def check(self, name: str, passed: bool, detail: str) -> None:
-        self.checks.append({"name": name, "passed": bool(passed), "detail": detail})
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "passed": self.passed}
-
-
-def _now() -> str:
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the millisecond (what reports and records carry)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
@@ -167,7 +129,7 @@ class Registry:
                     shutil.copy2(export_dir / name, tmp / name)
                 verify_files(tmp, manifest)
                 save_json({
-                    "published_at": _now(),
+                    "published_at": utc_now(),
                     "source": str(export_dir.resolve()),
                     "manifest_sha256": sha256_file(tmp / MANIFEST),
                     "source_run": manifest.get("source_run", {}).get("path"),
@@ -192,6 +154,8 @@ class Registry:
         start = self.pointer(surface)
         if version == start.live:
             raise RegistryError(f"{surface}: {version} is already live")
+        from unictr.gate import GatePolicy, run_gate  # here, not at the top: a server never loads eval data
+
         report = run_gate(self, surface, version, start.live, eval_data, policy or GatePolicy())
         report.forced = force and not report.passed
         with self._locked(surface):
@@ -214,7 +178,8 @@ class Registry:
                 raise RegistryError(f"{surface}: no previous version to roll back to (live: {now.live})")
             new = Pointer(now.history[-1], now.history[:-1], None if now.shadow == now.history[-1] else now.shadow)
             self._write_pointer(surface, new)
-            record = {"surface": surface, "action": "rollback", "from": now.live, "to": new.live, "created_at": _now()}
+            record = {"surface": surface, "action": "rollback", "from": now.live, "to": new.live,
+                      "created_at": utc_now()}
             save_json(record, self._report_path(surface, f"rollback-{now.live}"))
         return self.pointer(surface)
 
@@ -248,7 +213,7 @@ class Registry:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _write_pointer(self, surface: str, ptr: Pointer) -> None:
-        save_json({**asdict(ptr), "history": list(ptr.history), "updated_at": _now()},
+        save_json({**asdict(ptr), "history": list(ptr.history), "updated_at": utc_now()},
                   self._surface_dir(surface) / POINTER)
 
     def _report_path(self, surface: str, name: str) -> Path:
@@ -261,76 +226,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def run_gate(
-    registry: Registry,
-    surface: str,
-    candidate: str,
-    current: str | None,
-    eval_data: str | Path | None,
-    policy: GatePolicy,
-) -> GateReport:
-    """Check a candidate version: checksums, finite scores, calibration and AUC against the live one."""
-    report = GateReport(surface, candidate, current, None if eval_data is None else str(eval_data), policy)
-    try:
-        model, manifest = load_export(registry.version_dir(surface, candidate))
-    except CheckpointError as e:
-        report.check("checksums", False, str(e))
-        return report
-    report.check("checksums", True, "every file matches its sha256")
-    tasks = list(manifest["tasks"])
-    probe = probabilities(model, probe_batch(model.schema, surface)).numpy()
-    report.check("finite_probe", bool(np.isfinite(probe).all()), f"{probe.size} probabilities on a random probe")
-    if eval_data is None:
-        report.check("eval_data", False, "no --eval-data: calibration and AUC cannot be checked (or use --force)")
-        return report
-
-    cand = _eval_metrics(model, tasks, eval_data, surface)
-    report.rows = cand.pop("_rows")
-    report.metrics[candidate] = cand
-    finite = all(m["finite"] for m in cand.values())
-    report.check("finite", finite, f"all probabilities finite on {report.rows} eval rows" if finite else
-                 "non-finite probabilities on the eval rows")
-    task = policy.calibration_task or tasks[0]
-    if task not in cand:
-        raise RegistryError(f"calibration task {task!r} does not apply on {surface}; tasks: {tasks}")
-    ratio = cand[task]["calibration_ratio"]
-    lo, hi = policy.calibration_bounds
-    report.check("calibrated", ratio is not None and lo <= ratio <= hi,
-                 f"{task} calibration ratio {_fmt(ratio)} (bounds [{lo}, {hi}])")
-    if current is not None:
-        live_model, live_manifest = load_export(registry.version_dir(surface, current))
-        live = _eval_metrics(live_model, list(live_manifest["tasks"]), eval_data, surface)
-        live.pop("_rows")
-        report.metrics[current] = live
-        for t in (t for t in tasks if t in live):
-            a, b = cand[t]["auc"], live[t]["auc"]
-            ok = a is not None and (b is None or a >= b - policy.auc_margin)
-            report.check(f"auc_{t}", ok, f"{t} AUC {_fmt(a)} vs live {_fmt(b)} (margin {policy.auc_margin})")
-    return report
-
-
-def _eval_metrics(model: UnifiedCTR, tasks: list[str], eval_data: str | Path, surface: str) -> dict[str, Any]:
-    """Per task: AUC, calibration ratio, rows and finiteness on the eval rows of `surface`."""
-    path = Path(eval_data)
-    split = path / "eval" if (path / "eval").is_dir() else path
-    b = load_surface_split(split, model.schema, model.cfg.data, surface)
-    probs = probabilities(model, b).numpy()
-    labels = b.labels.numpy()
-    out: dict[str, Any] = {"_rows": b.num_rows}
-    for t in tasks:
-        j = model.schema.tasks.index(t)
-        p, y = probs[:, j], labels[:, j]
-        out[t] = {
-            "auc": json_float(auc(y, p)),
-            "calibration_ratio": json_float(calibration_ratio(y, p)),
-            "mean_prediction": json_float(float(p.mean())),
-            "n": int(y.size),
-            "finite": bool(np.isfinite(p).all()),
-        }
-    return out
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.4f}"
