@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +36,18 @@ def test_batch_matches_its_field_spec(sim_config) -> None:
             continue
         assert v.dtype == f.dtype, f.name
         assert v.shape[0] == (b.num_users if f.side == "user" else b.num_rows), f.name
+
+
+def test_docs_table_matches_the_field_spec() -> None:
+    """docs/data.md's Batch table lists FIELDS in order, with each field's shape, dtype and side."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    section = text.split("## The `Batch` (broadcast layout)")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| `")]
+    assert [r[0].strip("`") for r in rows] == list(FIELD_NAMES)
+    for (_, shape, dtype, side), f in zip(rows, FIELDS, strict=True):
+        assert shape.startswith(f"`{f.shape}`"), (f.name, shape)
+        assert dtype.startswith(str(f.dtype).removeprefix("torch.")), (f.name, dtype)
+        assert side == {"user": "user", "row": "candidate"}[f.side], (f.name, side)
 
 
 def test_broadcast_layout(sim_config) -> None:

@@ -29,6 +29,7 @@ from unictr.serving.request import RequestParser
 # The `ServeSpec` fields a scorer reads; the others are the app's.
 SCORER_OPTIONS = ("max_unique_users", "max_candidates", "backend", "bf16")
 
+
 @dataclass(frozen=True)
 class ScoreResult:
     """Per-candidate probabilities `[N, len(tasks)]` in request order, and what it took.
