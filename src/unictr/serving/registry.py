@@ -85,6 +85,18 @@ class Registry:
             raise RegistryError(f"surface {surface!r} has no version {version!r}; it has {self.versions(surface)}")
         return d
 
+    def verified_dir(self, surface: str, version: str) -> Path:
+        """`version_dir`, after checking that its manifest is the one published (`published.json`'s
+        `manifest_sha256`), so a manifest rewritten together with its files' hashes is refused. The files
+        are checked against the manifest by whoever loads them (`load_export`)."""
+        d = self.version_dir(surface, version)
+        published = _read_json(d / PUBLISHED).get("manifest_sha256")
+        if not published:
+            raise RegistryError(f"{surface} {version}: no manifest_sha256 in {PUBLISHED}; publish the export again")
+        if not (d / MANIFEST).is_file() or sha256_file(d / MANIFEST) != published:
+            raise RegistryError(f"{surface} {version}: {MANIFEST} is not the published one (sha256 mismatch)")
+        return d
+
     def pointer(self, surface: str) -> Pointer:
         path = self._surface_dir(surface) / POINTER
         if not path.is_file():
