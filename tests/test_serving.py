@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from tests.fixtures import SURFACE, derive_export, same_time_table, small_config, table_to_request, train_small_run
+from tests.test_server_loading import loading_metrics, point_at, truncate_weights, wait_for
 from unictr.cli import app
 from unictr.config import ServeSpec
 from unictr.data.reader import load_surface_split
@@ -291,7 +292,7 @@ def test_shadow_records_difference(world, client, request_body) -> None:
     registry = world["registry"]
     registry.set_shadow(SURFACE, "v0002")
     try:
-        _wait(lambda: client.get("/v1/models").json()["surfaces"][SURFACE]["shadow"] == "v0002")
+        wait_for(lambda: client.get("/v1/models").json()["surfaces"][SURFACE]["shadow"] == "v0002")
         response = client.post(f"/v1/surfaces/{SURFACE}/score", json=request_body)
         assert response.json()["model_version"] == "v0001"  # the shadow never answers
 
@@ -300,46 +301,43 @@ def test_shadow_records_difference(world, client, request_body) -> None:
             return sum(s.value for f in text_string_to_metric_families(text) if f.name == "unictr_shadow_abs_diff"
                        for s in f.samples if s.name.endswith("_count"))
 
-        _wait(lambda: shadow_count() >= 2)  # click and long_click observed
+        wait_for(lambda: shadow_count() >= 2)  # click and long_click observed
         text = client.get("/metrics").text
         assert 'unictr_model_info{role="shadow",surface="search",version="v0002"} 1.0' in text
     finally:
         registry.set_shadow(SURFACE, None)
 
 
-def _wait(cond, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-@pytest.mark.parametrize("args", [(), ("--inline",)], ids=["worker-thread", "inline"])
-def test_server_follows_promote_and_rollback_under_load(world, request_body, tmp_path, args) -> None:
-    """The real server process, scoring on worker threads or (`--inline`) on the event loop's: HTTP scores
-    equal the in-process scorer, and a promote and a rollback during a bounded concurrent client loop fail
-    no request."""
+@pytest.mark.parametrize(("args", "seconds"), [((), 30.0), (("--inline",), 0.0)], ids=["worker-thread", "inline"])
+def test_server_follows_the_registry_under_load(world, request_body, tmp_path, args, seconds) -> None:
+    """The real server process, scoring on worker threads or (`--inline`) on the event loop's, under 4
+    concurrent clients: cycles of a corrupt shadow set, a promote, a rollback and the shadow removed, for
+    `seconds` (at least one cycle), fail no request; every answer's scores equal the in-process scorer of
+    the version it names, and that version was the registry's live one at some moment while it ran."""
     registry = world["registry"]
-    log = tmp_path / "server.log"
-    with server_process(registry.root, log, 1, "--poll-seconds", "0.1", *args) as (server, port):
+    broken = registry.publish(SURFACE, world["v1"])
+    truncate_weights(registry, SURFACE, broken)
+    with server_process(registry.root, tmp_path / "server.log", 1, "--poll-seconds", "0.1", *args) as (server, port):
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=10) as http:
-            _wait(lambda: server.poll() is None and _up(http), timeout=60)
+            wait_for(lambda: server.poll() is None and _up(http), timeout=60)
             expected = {v: Scorer.load(registry.version_dir(SURFACE, v), version=v).score(request_body)
                         for v in ("v0001", "v0002")}
             body = json.dumps(request_body)
-            first = http.post(f"/v1/surfaces/{SURFACE}/score", content=body).json()
-            _assert_same(first, expected["v0001"])
-
-            seen, failures, done = [], [], threading.Event()
+            _assert_same(http.post(f"/v1/surfaces/{SURFACE}/score", content=body).json(), expected["v0001"])
+            # [version, live from, live until]: from before the registry names it until the server serves another
+            windows: list[list] = [["v0001", -math.inf, math.inf]]
+            answers: list[tuple[float, float, str]] = []  # (sent, answered, version)
+            failures: list[str] = []
+            done = threading.Event()
 
             def client_loop() -> None:
-                deadline = time.monotonic() + 60
+                deadline = time.monotonic() + seconds + 120
                 with httpx.Client(base_url=base, timeout=10) as c:
-                    for _ in range(1000):  # bounded in count and time; ends once both switches were seen
+                    for _ in range(200_000):  # bounded in count and time; ends when the cycles are done
                         if done.is_set() or time.monotonic() > deadline:
                             return
+                        sent = time.monotonic()
                         try:
                             r = c.post(f"/v1/surfaces/{SURFACE}/score", content=body)
                             if r.status_code != 200:
@@ -347,25 +345,50 @@ def test_server_follows_promote_and_rollback_under_load(world, request_body, tmp
                                 continue
                             out = r.json()
                             _assert_same(out, expected[out["model_version"]])
-                            seen.append(out["model_version"])
+                            answers.append((sent, time.monotonic(), out["model_version"]))
                         except Exception as e:  # any failure counts
                             failures.append(repr(e))
 
-            threads = [threading.Thread(target=client_loop) for _ in range(2)]
+            def switch(version: str, *command: str) -> None:
+                """Run a registry command that makes `version` live; wait until the server serves it."""
+                start = time.monotonic()
+                _cli(*command, registry=registry)
+                wait_for(lambda: http.get("/healthz").json()["live"][SURFACE] == version)
+                windows[-1][2] = time.monotonic()
+                windows.append([version, start, math.inf])
+                wait_for(lambda: answers[-1][2] == version)
+
+            def shadow_problems() -> list[str]:
+                return http.get("/readyz").json()["shadow_problems"]
+
+            threads = [threading.Thread(target=client_loop) for _ in range(4)]
             for t in threads:
                 t.start()
-            _wait(lambda: len(seen) >= 5)
-            _cli("promote", "--version", "v0002", "--force", registry=registry)
-            _wait(lambda: http.get("/healthz").json()["live"][SURFACE] == "v0002")
-            _wait(lambda: seen[-1] == "v0002")
-            _cli("rollback", registry=registry)
-            _wait(lambda: http.get("/healthz").json()["live"][SURFACE] == "v0001")
-            _wait(lambda: seen[-1] == "v0001")
-            done.set()
-            for t in threads:
-                t.join(timeout=30)
+            began, cycles = time.monotonic(), 0
+            try:
+                wait_for(lambda: len(answers) >= 5)
+                while cycles == 0 or time.monotonic() - began < seconds:
+                    point_at(registry, SURFACE, shadow=broken)
+                    wait_for(shadow_problems)
+                    switch("v0002", "promote", "--version", "v0002", "--force")
+                    switch("v0001", "rollback")
+                    assert http.get("/readyz").status_code == 200 and shadow_problems()  # still set, still broken
+                    _cli("rollback", "--shadow", registry=registry)
+                    wait_for(lambda: not shadow_problems())
+                    cycles += 1
+            finally:
+                done.set()
+                for t in threads:
+                    t.join(timeout=30)
+            print(f"load test {args}: {len(answers)} answers, {len(failures)} failures, {cycles} cycles in "
+                  f"{time.monotonic() - began:.1f} s")
             assert not failures, failures[:5]
-            assert {"v0001", "v0002"} <= set(seen) and len(seen) >= 10
+            stale = [(v, sent, got) for sent, got, v in answers
+                     if not any(w[0] == v and sent <= w[2] and got >= w[1] for w in windows)]
+            assert not stale, stale[:5]
+            assert {v for _, _, v in answers} == {"v0001", "v0002"} and len(answers) >= 10 * cycles
+            failed = loading_metrics(http.get("/metrics").text, SURFACE)["failures:shadow"]
+            assert failed >= cycles  # the broken shadow was tried, and refused, in every cycle
             assert server.poll() is None
 
 

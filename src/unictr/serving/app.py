@@ -1,9 +1,9 @@
 """The scoring service: FastAPI app over a model registry, reloading promoted versions without a restart.
 
-Endpoints: `POST /v1/surfaces/{surface}/score`, `GET /healthz`, `GET /v1/models`, `GET /metrics`.
-A background thread polls each surface's `pointer.json`; when the live (or shadow) version changes
-it loads the new scorer, then swaps one dict reference. A request takes its models once, at its
-start, so in-flight requests finish on the model they started with.
+Endpoints: `POST /v1/surfaces/{surface}/score`, `GET /healthz` (liveness), `GET /readyz` (every surface
+serves the live version its pointer names), `GET /v1/models`, `GET /metrics`. The models follow the
+registry through `models.ModelStore`: a background thread polls each surface's `pointer.json` and loads
+each role's new version on its own; a version that fails to load leaves the last good one serving.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 
-from unictr.checkpoint import CheckpointError
 from unictr.config import ServeSpec
+from unictr.serving.models import ModelStore
 from unictr.serving.registry import Registry, RegistryError
 from unictr.serving.request import RequestError
 from unictr.serving.scorer import Scorer, ScoreResult
@@ -37,103 +36,6 @@ log = logging.getLogger("unictr.serving")
 # The answer's JSON bytes, written by pydantic's core: the same JSON values as the standard library's
 # encoder behind `JSONResponse`, many times faster (docs/performance.md).
 ANSWER_JSON = TypeAdapter(dict[str, Any])
-
-
-@dataclass(frozen=True)
-class SurfaceModels:
-    """The scorers one request of a surface uses: the live one and, in shadow mode, the candidate."""
-
-    live: Scorer
-    shadow: Scorer | None
-
-
-class ModelStore:
-    """Loaded scorers per surface, kept in step with the registry's pointers."""
-
-    def __init__(self, registry: Registry, metrics: ServingMetrics, spec: ServeSpec) -> None:
-        self.registry = registry
-        self.metrics = metrics
-        self.spec = spec  # the scorers' options and the poll interval
-        self.poll_seconds = spec.poll_seconds
-        self._models: dict[str, SurfaceModels] = {}
-        self._surfaces: frozenset[str] = frozenset()
-        self._cache: dict[tuple[str, str], Scorer] = {}  # (surface, version): live, shadow and previous
-        self._refresh_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def get(self, surface: str) -> SurfaceModels | None:
-        return self._models.get(surface)
-
-    def known(self, surface: str) -> bool:
-        return surface in self._surfaces
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {s: {"live": None, "shadow": None} for s in sorted(self._surfaces)}
-        for surface, m in self._models.items():
-            out[surface] = {
-                "live": m.live.version,
-                "shadow": m.shadow.version if m.shadow else None,
-                "tasks": list(m.live.tasks),
-                "view_types": [v for _, v in m.live.schema.view_keys],
-                "source_run": m.live.manifest.get("source_run", {}).get("path"),
-            }
-        return out
-
-    def refresh(self) -> None:
-        """Load whatever the pointers now name; a version that fails to load leaves the old one serving."""
-        with self._refresh_lock:
-            surfaces = self.registry.surfaces()
-            models = {s: m for s, m in self._models.items() if s in surfaces}
-            for surface in surfaces:
-                try:
-                    ptr = self.registry.pointer(surface)
-                    keep = {v for v in (ptr.live, ptr.shadow, *ptr.history[-1:]) if v}
-                    current = models.get(surface)
-                    if ptr.live is None:
-                        models.pop(surface, None)
-                    elif current is None or (current.live.version, _version(current.shadow)) != (ptr.live, ptr.shadow):
-                        models[surface] = SurfaceModels(
-                            self._scorer(surface, ptr.live), self._scorer(surface, ptr.shadow) if ptr.shadow else None
-                        )
-                        if current is None or current.live.version != ptr.live:
-                            self.metrics.reloads.labels(surface).inc()
-                        log.info("%s: live %s, shadow %s", surface, ptr.live, ptr.shadow)
-                except (CheckpointError, RegistryError, OSError, ValueError) as e:
-                    self.metrics.load_errors.labels(surface).inc()
-                    log.error("%s: cannot load the registry's version (%s); still serving the old one", surface, e)
-                    continue
-                for key in [k for k in self._cache if k[0] == surface and k[1] not in keep]:
-                    del self._cache[key]
-                m = models.get(surface)
-                self.metrics.set_models(surface, m and m.live.version, m and _version(m.shadow))
-            self._models, self._surfaces = models, frozenset(surfaces)  # one reference swap each
-
-    def _scorer(self, surface: str, version: str) -> Scorer:
-        key = (surface, version)
-        if key not in self._cache:
-            self._cache[key] = Scorer.load(self.registry.version_dir(surface, version), version, self.spec)
-        return self._cache[key]
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._poll, name="unictr-registry-poll", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.refresh()
-            except Exception:  # keep polling whatever happens; the error is logged
-                log.exception("registry refresh failed")
-
-
-def _version(scorer: Scorer | None) -> str | None:
-    return scorer.version if scorer else None
 
 
 class ShadowRunner:
@@ -217,7 +119,14 @@ def create_app(registry_dir: str | Path, spec: ServeSpec | None = None) -> FastA
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
+        """Liveness: the process answers; `live` is what each surface serves (None: nothing)."""
         return {"status": "ok", "live": {s: m["live"] for s, m in store.summary().items()}}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        """200 when every surface serves the live version its pointer names, else 503 with the reasons."""
+        report = store.readiness()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
@@ -243,7 +152,7 @@ def _score_endpoint(
         if models is None:
             if store.known(surface):
                 metrics.errors.labels(surface, "unavailable").inc()
-                return _error(503, f"surface {surface!r} has no live model; promote a version first")
+                return _error(503, store.unavailable(surface))
             metrics.errors.labels("unknown", "not_found").inc()
             return _error(404, f"unknown surface {surface!r}; serving {sorted(store.summary())}")
         try:

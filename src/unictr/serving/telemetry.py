@@ -1,13 +1,15 @@
 """Prometheus metrics of the scoring service (every name starts with `unictr_`).
 
 Each app gets its own `CollectorRegistry`, so several apps (tests) can live in one process.
-Labels are bounded: `surface` is a registry surface (or "unknown"), `kind` a fixed error kind.
+Labels are bounded: `surface` is a registry surface (or "unknown"), `kind` a fixed error kind, `role`
+live or shadow.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Mapping
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -56,16 +58,7 @@ class ServingMetrics:
             "unictr_mean_prediction", f"Mean predicted probability over the last {MEAN_WINDOW} requests.",
             ["surface", "task"], registry=r,
         )
-        self.model_info = Gauge(
-            "unictr_model_info", "1 for each loaded model version by role (live, shadow).",
-            ["surface", "role", "version"], registry=r,
-        )
-        self.reloads = Counter("unictr_model_reloads", "Model switches picked up from the registry.", ["surface"],
-                               registry=r)
-        self.load_errors = Counter(
-            "unictr_model_load_errors", "Registry versions that failed to load (the old model stays).", ["surface"],
-            registry=r,
-        )
+        self._model_metrics(r)
         self.shadow_diff = Histogram(
             "unictr_shadow_abs_diff", "Mean |shadow - live| probability per request.", ["surface", "task"],
             registry=r, buckets=(1e-5, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
@@ -76,6 +69,23 @@ class ServingMetrics:
         )
         self._window: dict[str, deque[tuple[np.ndarray, int]]] = {}
         self._lock = threading.Lock()
+
+    def _model_metrics(self, r: CollectorRegistry) -> None:
+        """The metrics of model loading: the versions served, switches, failed loads, served vs named."""
+        self.model_info = Gauge(
+            "unictr_model_info", "1 for each version served, by role (live, shadow); never one that failed to load.",
+            ["surface", "role", "version"], registry=r,
+        )
+        self.reloads = Counter("unictr_model_reloads", "Model switches picked up from the registry.", ["surface"],
+                               registry=r)
+        self.load_failures = Counter(
+            "unictr_model_load_failures", "Versions that failed to load, by role (the last good one keeps serving).",
+            ["surface", "role"], registry=r,
+        )
+        self.ready = Gauge(
+            "unictr_model_ready", "1 when the role serves the version the registry's pointer names, else 0.",
+            ["surface", "role"], registry=r,
+        )
 
     def observe_score(self, result: ScoreResult, seconds: float) -> None:
         s = result.surface
@@ -101,10 +111,15 @@ class ServingMetrics:
                 diff = np.abs(shadow.probabilities[:, shadow.tasks.index(task)] - live.probabilities[:, j]).mean()
                 self.shadow_diff.labels(live.surface, task).observe(float(diff))
 
-    def set_models(self, surface: str, live: str | None, shadow: str | None) -> None:
-        """Point unictr_model_info at the versions now loaded for `surface`."""
+    def set_models(self, surface: str, roles: Mapping[str, tuple[str | None, bool]]) -> None:
+        """Point unictr_model_info at the versions `surface` serves and set unictr_model_ready, from
+        `roles`: role -> (version served or None, serves what the pointer names). Empty: forget `surface`."""
         for labels in [m.labels for m in self.model_info.collect()[0].samples if m.labels["surface"] == surface]:
             self.model_info.remove(labels["surface"], labels["role"], labels["version"])
-        for role, version in (("live", live), ("shadow", shadow)):
+        for labels in [m.labels for m in self.ready.collect()[0].samples if m.labels["surface"] == surface]:
+            if labels["role"] not in roles:
+                self.ready.remove(labels["surface"], labels["role"])
+        for role, (version, ready) in roles.items():
             if version is not None:
                 self.model_info.labels(surface, role, version).set(1)
+            self.ready.labels(surface, role).set(int(ready))
