@@ -4,78 +4,32 @@ say which version each role serves against the one the registry names."""
 
 from __future__ import annotations
 
-import json
 import re
-import time
-from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures import SURFACE, derive_export, same_time_table, small_config, table_to_request, train_small_run
-from unictr.checkpoint import MANIFEST, MODEL_FILE, save_json, sha256_file
+from tests.fixtures import (
+    SURFACE,
+    derive_export,
+    garbage_weights,
+    loading_metrics,
+    point_at,
+    rehash,
+    same_time_table,
+    small_config,
+    table_to_request,
+    train_small_run,
+    truncate_weights,
+    wait_for,
+)
+from unictr.checkpoint import MODEL_FILE
 from unictr.config import ServeSpec
 from unictr.export.job import export_surface
 from unictr.serving.app import create_app
-from unictr.serving.registry import POINTER, PUBLISHED, Registry, utc_now
+from unictr.serving.registry import Registry
 
 OTHER = "home_feed"  # a second surface, which must keep following the registry while `search` is broken
-
-
-def point_at(registry: Registry, surface: str, **fields: object) -> None:
-    """Write the surface's pointer with `fields` (live, history, shadow) changed, the way the registry does.
-
-    How a registry comes to name a version that no longer loads (its files broke after it was set, or a
-    hand-edited pointer): the registry's own commands check a version before they name it."""
-    ptr = registry.pointer(surface)
-    raw = {"live": ptr.live, "history": list(ptr.history), "shadow": ptr.shadow, **fields, "updated_at": utc_now()}
-    save_json(raw, registry.root / surface / POINTER)
-
-
-def truncate_weights(registry: Registry, surface: str, version: str) -> None:
-    """Cut the version's safetensors file in half: its sha256 no longer matches the manifest."""
-    path = registry.version_dir(surface, version) / MODEL_FILE
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-
-
-def _rehash(registry: Registry, surface: str, version: str, weights: bytes, publish: bool) -> None:
-    """Replace the version's weights with `weights`, rewrite the manifest's sha256 of them and, with
-    `publish`, `published.json`'s sha256 of the manifest: every hash then matches but the one not rewritten."""
-    d = registry.version_dir(surface, version)
-    (d / MODEL_FILE).write_bytes(weights)
-    manifest = json.loads((d / MANIFEST).read_text())
-    manifest["files"][MODEL_FILE] = sha256_file(d / MODEL_FILE)
-    (d / MANIFEST).write_text(json.dumps(manifest))
-    if publish:
-        published = json.loads((d / PUBLISHED).read_text())
-        save_json({**published, "manifest_sha256": sha256_file(d / MANIFEST)}, d / PUBLISHED)
-
-
-def garbage_weights(registry: Registry, surface: str, version: str) -> None:
-    """Garbage in place of the safetensors file with every hash rewritten: only safetensors itself can
-    refuse it (a `SafetensorError`, a type of none of the project's errors)."""
-    _rehash(registry, surface, version, b"not a safetensors file at all" * 64, publish=True)
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-def loading_metrics(text: str, surface: str) -> dict[str, object]:
-    """`surface`'s loading metrics in a /metrics text: `failures:<role>` (count), `ready:<role>` (0/1) and
-    `info:<role>` (the version served)."""
-    names = {"unictr_model_load_failures_total": "failures", "unictr_model_ready": "ready", "unictr_model_info": "info"}
-    out: dict[str, object] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name in names and s.labels["surface"] == surface:
-                out[f"{names[s.name]}:{s.labels['role']}"] = s.labels.get("version", s.value)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +157,7 @@ def test_restart_with_broken_live_version(registry, exports) -> None:
         assert loading_metrics(client.get("/metrics").text, SURFACE)["failures:live"] == 1
 
         # fixed in place (v0001's weights, every hash rewritten): its files changed, so it is loaded again
-        _rehash(registry, SURFACE, "v0003", (exports[SURFACE]["v1"] / MODEL_FILE).read_bytes(), publish=True)
+        rehash(registry, SURFACE, "v0003", (exports[SURFACE]["v1"] / MODEL_FILE).read_bytes(), publish=True)
         wait_for(lambda: client.get("/readyz").status_code == 200)
         assert _answers(client, exports, SURFACE) == "v0003"
 
@@ -211,7 +165,7 @@ def test_restart_with_broken_live_version(registry, exports) -> None:
 def test_manifest_rewritten_with_matching_hashes_is_refused(registry, exports) -> None:
     """Other weights with the manifest rewritten to match them: every file matches the manifest, but the
     manifest is not the one published (published.json's sha256), so the server refuses the version."""
-    _rehash(registry, SURFACE, "v0003", (exports[SURFACE]["v2"] / MODEL_FILE).read_bytes(), publish=False)
+    rehash(registry, SURFACE, "v0003", (exports[SURFACE]["v2"] / MODEL_FILE).read_bytes(), publish=False)
     with _client(registry) as client:
         point_at(registry, SURFACE, live="v0003", history=["v0001"])
         client.app.state.store.refresh()

@@ -18,8 +18,18 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from tests.fixtures import SURFACE, derive_export, same_time_table, small_config, table_to_request, train_small_run
-from tests.test_server_loading import loading_metrics, point_at, truncate_weights, wait_for
+from tests.fixtures import (
+    SURFACE,
+    derive_export,
+    loading_metrics,
+    point_at,
+    same_time_table,
+    small_config,
+    table_to_request,
+    train_small_run,
+    truncate_weights,
+    wait_for,
+)
 from unictr.cli import app
 from unictr.config import ServeSpec
 from unictr.data.reader import load_surface_split
