@@ -1,6 +1,7 @@
 """The promotion gate: what a registry version must pass before it goes live.
 
-Checksums, finite scores on a random probe, and on the surface's eval rows: the calibration ratio of
+Integrity (`Registry.verified_dir`: the published manifest, its signature with a key, every file's
+sha256), finite scores on a random probe, and on the surface's eval rows: the calibration ratio of
 one task within bounds and no task's AUC below the live version's by more than a margin. It loads
 data, so it lives outside `serving/`; `Registry.promote` imports it when it runs.
 """
@@ -66,14 +67,15 @@ def run_gate(
     eval_data: str | Path | None,
     policy: GatePolicy,
 ) -> GateReport:
-    """Check a candidate version: checksums, finite scores, calibration and AUC against the live one."""
+    """Check a candidate version: integrity, finite scores, calibration and AUC against the live one."""
     report = GateReport(surface, candidate, current, None if eval_data is None else str(eval_data), policy)
     try:
-        model, manifest = load_export(registry.version_dir(surface, candidate))
-    except CheckpointError as e:
-        report.check("checksums", False, str(e))
+        model, manifest = load_export(registry.verified_dir(surface, candidate))
+    except (CheckpointError, RegistryError) as e:
+        report.check("integrity", False, str(e))
         return report
-    report.check("checksums", True, "every file matches its sha256")
+    signed = ", its signature" if registry.key else ""
+    report.check("integrity", True, f"verified: the published manifest{signed} and every file's sha256")
     tasks = list(manifest["tasks"])
     probe = probabilities(model, probe_batch(model.schema, surface)).numpy()
     report.check("finite_probe", bool(np.isfinite(probe).all()), f"{probe.size} probabilities on a random probe")
@@ -95,15 +97,28 @@ def run_gate(
     report.check("calibrated", ratio is not None and lo <= ratio <= hi,
                  f"{task} calibration ratio {_fmt(ratio)} (bounds [{lo}, {hi}])")
     if current is not None:
-        live_model, live_manifest = load_export(registry.version_dir(surface, current))
-        live = _eval_metrics(live_model, list(live_manifest["tasks"]), eval_data, surface)
-        live.pop("_rows")
-        report.metrics[current] = live
-        for t in (t for t in tasks if t in live):
-            a, b = cand[t]["auc"], live[t]["auc"]
-            ok = a is not None and (b is None or a >= b - policy.auc_margin)
-            report.check(f"auc_{t}", ok, f"{t} AUC {_fmt(a)} vs live {_fmt(b)} (margin {policy.auc_margin})")
+        _compare_with_live(report, registry, current, cand, eval_data)
     return report
+
+
+def _compare_with_live(
+    report: GateReport, registry: Registry, current: str, cand: dict[str, Any], eval_data: str | Path
+) -> None:
+    """The `auc_<task>` checks: the candidate's AUC against the live version's on the same rows. A live
+    version that fails its integrity checks cannot be compared: a failed `live_baseline` check."""
+    surface, margin = report.surface, report.policy.auc_margin
+    try:
+        live_model, live_manifest = load_export(registry.verified_dir(surface, current))
+    except (CheckpointError, RegistryError) as e:
+        report.check("live_baseline", False, f"live {current} cannot be loaded to compare AUCs ({e})")
+        return
+    live = _eval_metrics(live_model, list(live_manifest["tasks"]), eval_data, surface)
+    live.pop("_rows")
+    report.metrics[current] = live
+    for t in (t for t in cand if t in live):
+        a, b = cand[t]["auc"], live[t]["auc"]
+        ok = a is not None and (b is None or a >= b - margin)
+        report.check(f"auc_{t}", ok, f"{t} AUC {_fmt(a)} vs live {_fmt(b)} (margin {margin})")
 
 
 def _eval_metrics(model: UnifiedCTR, tasks: list[str], eval_data: str | Path, surface: str) -> dict[str, Any]:

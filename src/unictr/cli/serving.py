@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from unictr.cli.common import app, console, fail, registry_app
@@ -101,8 +102,12 @@ def registry_promote(
     surface: str = typer.Option(..., help="Surface."),
     version: str | None = typer.Option(None, help="Version to promote (default: the newest)."),
     eval_data: Path | None = typer.Option(None, help="Data directory (reads DATA/eval) or split for the gate."),
-    force: bool = typer.Option(False, help="Promote even if the gate fails (the report records it)."),
-    shadow: bool = typer.Option(False, help="Only score it beside the live version and record the difference."),
+    force: bool = typer.Option(
+        False, help="Promote even if the quality gate fails (the report records it); integrity is still checked.",
+    ),
+    shadow: bool = typer.Option(
+        False, help="Only score it beside the live version and record the difference (integrity is checked).",
+    ),
     auc_margin: float = typer.Option(0.01, help="Largest AUC drop against the live version, per task."),
     calibration_low: float = typer.Option(0.8, help="Lowest allowed calibration ratio."),
     calibration_high: float = typer.Option(1.25, help="Highest allowed calibration ratio."),
@@ -142,13 +147,14 @@ def registry_rollback(
 
 @registry_app.command("list")
 def registry_list(registry: Path = typer.Option(..., help="Registry directory.")) -> None:
-    """Every surface's versions, which one is live, shadow or previous, and where each came from."""
-    rows = _registry_call(lambda r: r.listing(), registry)
+    """Every surface's versions: live, shadow or previous, where each came from, and its integrity."""
+    rows = _registry_call(lambda r: [(row, r.integrity(row["surface"], row["version"])) for row in r.listing()],
+                          registry)
     table = Table(title=str(registry))
-    for col in ("surface", "version", "role", "published", "tasks", "source run"):
+    for col in ("surface", "version", "role", "integrity", "published", "tasks", "source run"):
         table.add_column(col)
-    for r in rows:
-        table.add_row(r["surface"], r["version"], r["role"], r.get("published_at", "-"),
+    for r, integrity in rows:
+        table.add_row(r["surface"], r["version"], r["role"], escape(integrity), r.get("published_at", "-"),
                       ",".join(r.get("tasks") or []), str(r.get("source_run") or "-"))
     console.print(table)
 
