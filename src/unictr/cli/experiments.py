@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from unictr.cli.common import app, console, experiment_app, fail, load, write_json
+from unictr.cli.common import app, console, experiment_app, fail, write_json
+from unictr.config import load_config
 
 
 @app.command("bench")
@@ -19,12 +20,9 @@ def bench_cmd(
     threads: int | None = typer.Option(None, help="torch intra-op threads (default: torch's, one per core)."),
 ) -> None:
     """Benchmark the model: fused embedding, user broadcasting, serving latency, training throughput, FLOP floor."""
-    from unictr.bench import BenchError, headlines, run
+    from unictr.bench import headlines, run
 
-    try:
-        result = run(suite, quick=quick, device=device, threads=threads, log=console.print)
-    except (BenchError, ValueError) as e:
-        fail(str(e))
+    result = run(suite, quick=quick, device=device, threads=threads, log=console.print)
     table = Table(title=f"unictr bench ({suite}{', quick' if quick else ''}; {result['machine']['cpu']})")
     for col in ("measure", "value", "target"):
         table.add_column(col)
@@ -54,22 +52,19 @@ def experiment_unify(
 
     from unictr.experiment.run import run_experiment
 
-    cfg = load(config)
+    cfg = load_config(config)
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:
         fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
     arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
-    try:
-        report = run_experiment(
-            cfg, data, out, seeds=seed_list, arms=arm_list, n_boot=bootstrap, keep_runs=keep_runs,
-            command=shlex.join(["unictr", "experiment", "unify", "--config", str(config), "--data", str(data),
-                                "--out", str(out), "--seeds", seeds, "--arms", arms, "--bootstrap", str(bootstrap)]
-                               + ["--keep-runs"] * keep_runs),
-            console=console, show_progress=True,
-        )
-    except ValueError as e:  # DataError and ConfigError are ValueErrors too
-        fail(str(e))
+    report = run_experiment(
+        cfg, data, out, seeds=seed_list, arms=arm_list, n_boot=bootstrap, keep_runs=keep_runs,
+        command=shlex.join(["unictr", "experiment", "unify", "--config", str(config), "--data", str(data),
+                            "--out", str(out), "--seeds", seeds, "--arms", arms, "--bootstrap", str(bootstrap)]
+                           + ["--keep-runs"] * keep_runs),
+        console=console, show_progress=True,
+    )
     task = cfg.task_names[0]
     table = Table(title=f"{task} AUC on {data / 'eval'} (mean of seeds {list(seed_list)})")
     names = ["overall", *cfg.surface_names]

@@ -21,14 +21,9 @@ def export_cmd(
     fmt: str = typer.Option("safetensors", "--format", help="safetensors, or onnx (adds a checked model.onnx)."),
 ) -> None:
     """Export one surface's pruned model (trunk + its tower, heads, calibration) with a manifest."""
-    from unictr.checkpoint import CheckpointError
-    from unictr.export import ExportError
     from unictr.export.job import export_surface
 
-    try:
-        manifest = export_surface(run, surface, out, fmt=fmt)
-    except (ExportError, CheckpointError) as e:
-        fail(str(e))
+    manifest = export_surface(run, surface, out, fmt=fmt)
     for name in manifest["files"]:
         console.print(f"{out / name}  {(out / name).stat().st_size:,} bytes")
     console.print(f"surface {surface}: tasks {manifest['tasks']}; parity {manifest['parity']}")
@@ -69,7 +64,6 @@ def serve_cmd(
     from pydantic import ValidationError
 
     from unictr.serving.app import serve
-    from unictr.serving.registry import RegistryError
 
     try:
         spec = ServeSpec(
@@ -79,10 +73,7 @@ def serve_cmd(
         )
     except ValidationError as e:
         fail("; ".join(f"--{_SERVE_FLAGS.get(err['loc'][0], err['loc'][0])}: {err['msg']}" for err in e.errors()))
-    try:
-        serve(registry, spec)
-    except RegistryError as e:
-        fail(str(e))
+    serve(registry, spec)
 
 
 @registry_app.command("publish")
@@ -160,12 +151,7 @@ def registry_list(registry: Path = typer.Option(..., help="Registry directory.")
 
 
 def _registry_call(op: Any, registry: Path) -> Any:
-    """Run `op(Registry(registry))`, turning registry, checkpoint and data errors into a clean exit."""
-    from unictr.checkpoint import CheckpointError
-    from unictr.data.errors import DataError
-    from unictr.serving.registry import Registry, RegistryError
+    """Run `op(Registry(registry))` (its errors end the command via `cli.common`'s one handler)."""
+    from unictr.serving.registry import Registry
 
-    try:
-        return op(Registry(registry))
-    except (RegistryError, CheckpointError, DataError) as e:
-        fail(str(e))
+    return op(Registry(registry))

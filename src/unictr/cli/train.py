@@ -9,7 +9,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from unictr.cli.common import DEFAULT_CONFIG, app, console, data_app, fail, load, write_json
+from unictr.cli.common import DEFAULT_CONFIG, app, console, data_app, fail, write_json
+from unictr.config import load_config
 
 
 @data_app.command("simulate")
@@ -42,20 +43,16 @@ def data_kuairand(
     out: Path = typer.Option(..., help="Output data directory (train/, eval/, meta.json)."),
 ) -> None:
     """Convert the official KuaiRand-Pure files into canonical Parquet (train before --eval-from, eval after)."""
-    from unictr.data.errors import DataError
     from unictr.data.kuairand import convert_kuairand
 
     extra = [a for a in ctx.args if a.startswith("-")]
     if extra:
         fail(f"unknown option(s) {extra}")
     t0 = time.perf_counter()
-    try:
-        meta = convert_kuairand(
-            [*logs, *map(Path, ctx.args)], users, videos, history, eval_from, out,
-            max_seq_len=max_seq_len, eval_until=eval_until, engaged_only=engaged_only,
-        )
-    except DataError as e:
-        fail(str(e))
+    meta = convert_kuairand(
+        [*logs, *map(Path, ctx.args)], users, videos, history, eval_from, out,
+        max_seq_len=max_seq_len, eval_until=eval_until, engaged_only=engaged_only,
+    )
     splits = ", ".join(f"{s} {v['rows']:,} rows" for s, v in meta["splits"].items())
     console.print(f"wrote {out}: {splits} ({meta['duplicates_dropped']:,} duplicates dropped) "
                   f"in {time.perf_counter() - t0:.1f}s")
@@ -71,7 +68,7 @@ def train_cmd(
     """Train the unified model."""
     from unictr.train.loop import train
 
-    cfg = load(config)
+    cfg = load_config(config)
     train(cfg, data, out, resume=resume, console=console)
     console.print(f"checkpoint: {out}")
 
@@ -103,7 +100,7 @@ def quickstart(
     from unictr.export.job import export_all_surfaces
     from unictr.train.loop import train
 
-    cfg = load(config)
+    cfg = load_config(config)
     t0 = time.perf_counter()
     data_dir, run_dir = out / "data", out / "run"
     simulate(rows=rows, seed=seed, out=data_dir)
@@ -162,15 +159,10 @@ def calibrate_cmd(
                                  "(view type → surface → global)."),
 ) -> None:
     """Fit post-hoc calibration per scope key and task; the new run applies it in its forward pass."""
-    from unictr.calibration.job import CalibrationError, calibrate_run
-    from unictr.checkpoint import CheckpointError
-    from unictr.data.errors import DataError
+    from unictr.calibration.job import calibrate_run
 
     t0 = time.perf_counter()
-    try:
-        manifest = calibrate_run(run, data, out, method, scope, split, min_rows)
-    except (CalibrationError, CheckpointError, DataError) as e:
-        fail(str(e))
+    manifest = calibrate_run(run, data, out, method, scope, split, min_rows)
     info = manifest["calibration"]
     table = Table(title=f"{method} calibration per {scope} ({info['rows']:,} rows, min {min_rows} per key)")
     for col in ("task", "key", "rows", "fit used"):
