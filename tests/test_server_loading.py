@@ -88,12 +88,12 @@ def test_corrupt_shadow_never_blocks_live_changes(registry, exports) -> None:
         shadow = _role(client, SURFACE, "shadow")
         assert shadow["desired"] == "v0003" and shadow["served"] is None and not shadow["ready"]
         assert shadow["last_error"]["version"] == "v0003"
-        assert re.search(r"CheckpointError: search/versions/v0003/model.safetensors: sha256 mismatch",
+        assert re.search(r"RegistryError: search v0003: search/versions/v0003/model.safetensors: sha256 mismatch",
                          shadow["last_error"]["error"]), shadow
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["reasons"] == []
         assert re.fullmatch(r"search shadow: serves nothing, the registry names v0003; v0003 failed to load at "
-                            r"\S+: CheckpointError: .*sha256 mismatch.*", ready.json()["shadow_problems"][0])
+                            r"\S+: RegistryError: .*sha256 mismatch.*", ready.json()["shadow_problems"][0])
         for _ in range(5):  # more polls load nothing: the failure is remembered until the pointer or files change
             client.app.state.store.refresh()
         # one load of v0003, one more once the promote wrote the pointer again; v0003 served nowhere
