@@ -206,7 +206,15 @@ class ServeSpec(_Strict):
 
     host: str = Field(default="127.0.0.1", description="Interface to bind (localhost by default).")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port.")
-    max_concurrency: int = Field(default=64, ge=1, description="Concurrent connections before 503.")
+    max_concurrency: int = Field(
+        default=64, ge=1, description="Score requests in flight (reading their body or scored) before a quick 503."
+    )
+    max_connections: int = Field(default=1000, ge=1, description="Open connections before uvicorn answers 503.")
+    header_timeout: float = Field(default=10.0, gt=0, description="Seconds to a request's last header (from the "
+                                  "connection's start or the previous response) before the connection is closed.")
+    body_timeout: float = Field(default=30.0, gt=0, description="Seconds from the headers to the body's end "
+                                "before the connection is closed.")
+    keepalive_timeout: float = Field(default=5.0, gt=0, description="Seconds an idle keep-alive connection stays.")
     max_unique_users: int = Field(default=256, ge=1, description="Users per forward pass; larger requests are chunked.")
     max_candidates: int = Field(default=5000, ge=1, description="Candidates per request; more is refused (413).")
     max_body_bytes: int = Field(default=8 << 20, ge=1, description="Largest request body in bytes (413 above).")

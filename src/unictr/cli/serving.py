@@ -52,7 +52,11 @@ def serve_cmd(
         "threads", "Intra-op threads per request (torch's and ONNX Runtime's). 1 measured best on 2 cores (more "
         "requests/s with several clients and a lower p99; docs/serving.md); run a process per core for more.", min=1,
     ),
-    max_concurrency: int = _serve_option("max_concurrency", "Concurrent connections before 503."),
+    max_concurrency: int = _serve_option("max_concurrency", "Score requests in flight before a quick 503."),
+    max_connections: int = _serve_option("max_connections", "Open connections before 503."),
+    header_timeout: float = _serve_option("header_timeout", "Seconds to a request's last header, then closed."),
+    body_timeout: float = _serve_option("body_timeout", "Seconds from the headers to the body's end, then closed."),
+    keepalive_timeout: float = _serve_option("keepalive_timeout", "Seconds an idle keep-alive connection stays."),
     backend: str = _serve_option("backend", "auto, eager, compile or onnx (auto: onnx where the export has one)."),
     bf16: bool = _serve_option("bf16", "bf16 autocast for eager/compile (CPUs with AMX or AVX512-BF16)."),
     inline: bool = _serve_option(
@@ -69,7 +73,8 @@ def serve_cmd(
         spec = ServeSpec(
             host=host, port=port, max_concurrency=max_concurrency, max_unique_users=max_unique_users,
             max_candidates=max_candidates, max_body_bytes=int(max_body_mb * (1 << 20)), poll_seconds=poll_seconds,
-            threads=threads, backend=backend, bf16=bf16, inline=inline,
+            threads=threads, backend=backend, bf16=bf16, inline=inline, max_connections=max_connections,
+            header_timeout=header_timeout, body_timeout=body_timeout, keepalive_timeout=keepalive_timeout,
         )
     except ValidationError as e:
         fail("; ".join(f"--{_SERVE_FLAGS.get(err['loc'][0], err['loc'][0])}: {err['msg']}" for err in e.errors()))

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
+from starlette.requests import ClientDisconnect
 
 from unictr.config import ServeSpec
+from unictr.data.errors import DataError
+from unictr.serving.http import GuardedH11Protocol, InflightLimit, content_type_error, score_openapi
 from unictr.serving.models import ModelStore
 from unictr.serving.registry import Registry, RegistryError
 from unictr.serving.request import RequestError
@@ -70,7 +74,10 @@ class ShadowRunner:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over `limit` bytes before reading it all."""
+    """The JSON request body, refusing a non-JSON Content-Type (415) and anything over `limit` bytes (413)
+    before reading it all."""
+    if problem := content_type_error(request.headers.get("content-type")):
+        raise RequestError(problem, 415)
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise RequestError(f"body: {declared} bytes; at most {limit}", 413)
@@ -82,8 +89,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
+# The `unictr_errors_total` kind of each refusal's status.
+ERROR_KINDS = {413: "too_large", 415: "content_type", 422: "validation"}
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
 
 def create_app(registry_dir: str | Path, spec: ServeSpec | None = None) -> FastAPI:
@@ -115,7 +126,7 @@ def create_app(registry_dir: str | Path, spec: ServeSpec | None = None) -> FastA
     app = FastAPI(title="unictr scoring service", lifespan=lifespan)
     app.state.store = store
     app.state.metrics = metrics
-    app.post("/v1/surfaces/{surface}/score")(_score_endpoint(store, shadow, spec))
+    app.post("/v1/surfaces/{surface}/score", openapi_extra=score_openapi())(_score_endpoint(store, shadow, spec))
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -142,8 +153,9 @@ def create_app(registry_dir: str | Path, spec: ServeSpec | None = None) -> FastA
 def _score_endpoint(
     store: ModelStore, shadow: ShadowRunner, spec: ServeSpec
 ) -> Callable[[str, Request], Awaitable[Response]]:
-    """The handler of `POST /v1/surfaces/{surface}/score`."""
+    """The handler of `POST /v1/surfaces/{surface}/score`: at most `spec.max_concurrency` in flight."""
     metrics = store.metrics
+    inflight = InflightLimit(spec.max_concurrency)
 
     async def score(surface: str, request: Request) -> Response:
         """Probabilities per task for every candidate of the request (format: docs/serving.md)."""
@@ -155,19 +167,28 @@ def _score_endpoint(
                 return _error(503, store.unavailable(surface))
             metrics.errors.labels("unknown", "not_found").inc()
             return _error(404, f"unknown surface {surface!r}; serving {sorted(store.summary())}")
+        if not inflight.enter():
+            metrics.errors.labels(surface, "busy").inc()
+            return _error(503, f"busy: {inflight.limit} score requests in flight; retry", {"Retry-After": "1"})
         try:
             body = await _read_body(request, spec.max_body_bytes)
             if spec.inline:
                 result = models.live.score(body)
             else:
                 result = await run_in_threadpool(models.live.score, body)
-        except RequestError as e:
-            metrics.errors.labels(surface, "too_large" if e.status == 413 else "validation").inc()
-            return _error(e.status, str(e))
+        except (RequestError, DataError) as e:  # DataError: a rule of the encoder shared with the reader
+            status = e.status if isinstance(e, RequestError) else 422
+            metrics.errors.labels(surface, ERROR_KINDS[status]).inc()
+            return _error(status, str(e))
+        except ClientDisconnect:  # the client left, or its body missed the deadline (`GuardedH11Protocol`)
+            metrics.errors.labels(surface, "disconnected").inc()
+            return _error(408, "body: the connection closed before the whole body arrived")
         except Exception:
             log.exception("%s: scoring failed", surface)
             metrics.errors.labels(surface, "internal").inc()
             return _error(500, "internal error while scoring; see the server log")
+        finally:
+            inflight.leave()
         metrics.observe_score(result, time.perf_counter() - start)
         if models.shadow is not None:
             shadow.submit(models.shadow, body, result)
@@ -177,14 +198,19 @@ def _score_endpoint(
 
 
 def serve(registry_dir: str | Path, spec: ServeSpec | None = None) -> None:
-    """Run the app with uvicorn (blocking) on `spec.host`:`spec.port`."""
+    """Run the app with uvicorn (blocking) on `spec.host`:`spec.port`, with the connection limits of `spec`:
+    header and body deadlines (`GuardedH11Protocol`, so uvicorn's h11 protocol even where httptools is
+    installed), the idle keep-alive timeout, and `max_connections` open connections before uvicorn answers
+    503 (the score requests in flight are limited by the app, `max_concurrency`)."""
     import uvicorn
 
     spec = spec or ServeSpec()
     if not Path(registry_dir).is_dir():
         raise RegistryError(f"{registry_dir}: no such registry directory")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    protocol = partial(GuardedH11Protocol, header_timeout=spec.header_timeout, body_timeout=spec.body_timeout)
     uvicorn.run(
-        create_app(registry_dir, spec), host=spec.host, port=spec.port, limit_concurrency=spec.max_concurrency,
+        create_app(registry_dir, spec), host=spec.host, port=spec.port, http=protocol,  # type: ignore[arg-type]
+        limit_concurrency=spec.max_connections, timeout_keep_alive=spec.keepalive_timeout,  # type: ignore[arg-type]
         timeout_graceful_shutdown=5, log_level="info",
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from unictr.data.batch import Batch, Schema
 from unictr.data.columns import SequenceArrays, SideColumns, encode_columns, no_sequences, pad_sequences
-from unictr.serving.request import RequestError, candidate_field
+from unictr.serving.request import INT64_MAX, RequestError, candidate_field
 
 
 @dataclass(frozen=True)
@@ -136,6 +136,7 @@ class RequestEncoder:
         rows = itertools.chain.from_iterable(q[k] for k in keys for q in seqs)
         events = np.fromiter(rows, dtype=np.int64, count=len(keys) * total).reshape(len(keys), total)
         owner = np.repeat(np.arange(len(seqs)), counts)
+        _check_ages(events[-1], owner, counts, used, req_ms)
         keep = events[-1] < req_ms
         dropped = total - int(np.count_nonzero(keep))
         if dropped:
@@ -146,6 +147,22 @@ class RequestEncoder:
         arrays = pad_sequences(hi - counts, hi, events, np.full(len(seqs), req_ms, dtype=np.int64), self.schema,
                                "request")
         return arrays, int((counts > spec.max_len).sum()), dropped
+
+
+def _check_ages(times: np.ndarray, owner: np.ndarray, counts: np.ndarray, used: np.ndarray, req_ms: int) -> None:
+    """Refuse (422, naming the event) a timestamp so far before the request time that its age in ms overflows
+    int64: the age would wrap around and the event pass as one from the future."""
+    oldest = req_ms - INT64_MAX  # the oldest timestamp whose age fits
+    if oldest <= -(2**63):  # every int64 timestamp's age fits
+        return
+    if (bad := times < oldest).any():
+        k = int(np.flatnonzero(bad)[0])
+        user = int(owner[k])
+        j = k - int(counts[:user].sum())
+        raise RequestError(
+            f"users[{int(used[user])}].sequence.timestamps_ms[{j}]: {int(times[k])} is more than 2**63-1 ms before "
+            f"the request time {req_ms}"
+        )
 
 
 def _user_rows(users: list[dict[str, Any]], cand_users: list[Any], columnar: bool) -> tuple[np.ndarray, np.ndarray]:
