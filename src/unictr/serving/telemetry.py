@@ -51,8 +51,9 @@ class ServingMetrics:
             ["surface"], registry=r,
         )
         self.errors = Counter(
-            "unictr_errors", "Failed requests by kind: not_found, unavailable, busy, content_type, validation, too_large, "
-            "disconnected, internal, shadow.",
+            "unictr_errors",
+            "Failed requests by kind: not_found, unavailable, busy, content_type, validation, too_large, disconnected, "
+            "internal, shadow.",
             ["surface", "kind"], registry=r,
         )
         self.mean_prediction = Gauge(
