@@ -12,10 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-# Rows of the fused embedding table (every hash_size together): modules/native.py indexes them with int32.
-MAX_TABLE_ROWS = 2**31 - 1
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -33,7 +30,7 @@ class FeatureSpec(_Strict):
     )
     hash_size: int | None = Field(
         default=None, gt=0, description="Rows of this feature's embedding table (categorical only); every "
-        "hash_size together at most 2**31 - 1 (`MAX_TABLE_ROWS`: the fused table's int32 row indices)."
+        "hash_size together at most 2**31 - 1 (the fused table's rows; modules/native.py indexes them with int32)."
     )
     table: str | None = Field(
         default=None,
@@ -90,7 +87,8 @@ class TaskSpec(_Strict):
     label: str = Field(description="Label column (0/1).")
     weight: float = Field(default=1.0, gt=0.0, description="Loss weight.")
     surfaces: list[str] | None = Field(
-        default=None, description="Surfaces where the task applies (at least one); null means every surface."
+        default=None, description="Surfaces where the task applies (at least one); null means every surface. "
+        "`[]` only in an export's config (export/prune.py): a task of the unified model that does not apply."
     )
 
 
@@ -248,7 +246,7 @@ class Config(_Strict):
     train: TrainSpec = Field(default=TrainSpec(), description="Training loop.")
 
     @model_validator(mode="after")
-    def _cross_check(self) -> Config:
+    def _cross_check(self, info: ValidationInfo) -> Config:
         _unique("features", [f.name for f in self.features])
         _unique("surfaces", [s.name for s in self.surfaces])
         _unique("tasks", [t.name for t in self.tasks])
@@ -256,10 +254,10 @@ class Config(_Strict):
         for s in self.surfaces:
             _unique(f"surfaces.{s.name}.view_types", s.view_types)
         sizes = {f.name: f.hash_size for f in self.features if f.hash_size}
-        if sum(sizes.values()) > MAX_TABLE_ROWS:
+        if sum(sizes.values()) >= 2**31:  # the fused table's rows: modules/native.py indexes them with int32
             big = max(sizes, key=sizes.__getitem__)
             raise ValueError(f"features.{big}.hash_size: {sizes[big]}; every hash_size together (the fused embedding "
-                             f"table's rows) must be at most 2**31 - 1 = {MAX_TABLE_ROWS}, got {sum(sizes.values())}")
+                             f"table's rows) must be at most 2**31 - 1 = 2147483647, got {sum(sizes.values())}")
         surfaces = {s.name for s in self.surfaces}
         by_name = {f.name: f for f in self.features}
         for f in self.features:
@@ -274,7 +272,7 @@ class Config(_Strict):
                     f"features.{f.name}.towers: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}"
                 )
         for t in self.tasks:
-            if t.surfaces == []:
+            if t.surfaces == [] and not (info.context or {}).get("placeholder_tasks"):
                 raise ValueError(f"tasks.{t.name}.surfaces: empty; list at least one surface, or null for all")
             bad = set(t.surfaces or []) - surfaces
             if bad:
@@ -323,11 +321,13 @@ class ConfigError(ValueError):
     """A config file or dict that does not validate; the message names the key."""
 
 
-def config_from_dict(raw: object, source: str = "<dict>") -> Config:
+def config_from_dict(raw: object, source: str = "<dict>", *, placeholder_tasks: bool = False) -> Config:
+    """`raw` validated; `placeholder_tasks` accepts tasks with `surfaces: []`, which only an export's config
+    holds (see `TaskSpec.surfaces`): a config to train from needs each task to apply somewhere."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"placeholder_tasks": placeholder_tasks})
     except ValidationError as e:
         lines = []
         for err in e.errors():
@@ -346,7 +346,8 @@ def with_changes(cfg: Config, section: str, **changes: Any) -> Config:
     for key in section.split("."):
         node = node[key]
     node |= changes
-    return config_from_dict(raw, f"<config with {section} {changes}>")
+    placeholders = any(t.surfaces == [] for t in cfg.tasks)  # an export's config stays one
+    return config_from_dict(raw, f"<config with {section} {changes}>", placeholder_tasks=placeholders)
 
 
 def load_config(path: str | Path) -> Config:
