@@ -88,3 +88,48 @@ def test_shared_table_must_name_an_owner() -> None:
     topic["table"] = "user_activity"
     with pytest.raises(ConfigError, match="features.query_topic.table: 'user_activity' must name a categorical"):
         config_from_dict(raw)
+
+
+def _set(raw: dict, path: str, value: object) -> None:
+    """`raw` with the value at a dotted path (list items by index) replaced."""
+    *parents, last = path.split(".")
+    for key in parents:
+        raw = raw[int(key)] if isinstance(raw, list) else raw[key]
+    raw[int(last) if isinstance(raw, list) else last] = value
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("train.lr", float("inf"), r"train\.lr: Input should be a finite number \(got inf\)"),
+        ("train.embedding_lr", float("nan"), r"train\.embedding_lr: Input should be a finite number"),
+        ("tasks.0.weight", float("inf"), r"tasks\.0\.weight: Input should be a finite number \(got inf\)"),
+        ("tasks.0.weight", 0.0, r"tasks\.0\.weight: Input should be greater than 0"),
+        ("surfaces.0.view_types", ["grid", "grid"],
+         r"surfaces\.home_feed\.view_types: duplicate value\(s\) \['grid'\]"),
+        ("tasks.1.surfaces", [], r"tasks\.save\.surfaces: empty; list at least one surface, or null for all"),
+        ("tasks.1.label", "click", r"tasks\[\]\.label: duplicate value\(s\) \['click'\]"),
+        ("train.device", "tpu", r"train\.device: Input should be 'auto', 'cpu' or 'cuda' \(got 'tpu'\)"),
+        ("features.5.hash_size", 2**62,
+         r"features\.ad_id\.hash_size: 4611686018427387904; every hash_size together .* at most 2\*\*31 - 1"),
+    ],
+)
+def test_config_that_cannot_work_refused(path, value, message) -> None:
+    """Each refused by the pydantic config, naming the field and what was expected."""
+    raw = _raw()
+    _set(raw, path, value)
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw, "cfg.yaml")
+
+
+def test_largest_fused_table_accepted() -> None:
+    """The bound is on every table together: exactly 2**31 - 1 rows pass, one more does not."""
+    raw = _raw()
+    cfg = config_from_dict(raw)
+    sizes = [f.hash_size for f in cfg.features if f.hash_size]
+    ad_id = raw["features"][5]
+    _set(raw, "features.5.hash_size", 2**31 - 1 - (sum(sizes) - ad_id["hash_size"]))
+    assert config_from_dict(raw).hash_size(ad_id["name"]) > 2**30
+    ad_id["hash_size"] += 1
+    with pytest.raises(ConfigError, match=r"features\.ad_id\.hash_size: .* got 2147483648"):
+        config_from_dict(raw)

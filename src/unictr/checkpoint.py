@@ -139,7 +139,7 @@ def load_tensors(run_dir: Path, name: str, manifest: dict[str, Any]) -> dict[str
 
 
 def load_config_from_manifest(manifest: dict[str, Any], source: str) -> Config:
-    return config_from_dict(manifest["config"], f"{source}/{MANIFEST}:config")
+    return config_from_dict(manifest["config"], f"{source}/{MANIFEST}:config", placeholder_tasks=True)  # exports
 
 
 def load_model(run_dir: str | Path) -> tuple[UnifiedCTR, dict[str, Any]]:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # an inf LR passes gt=0: refused
 
 
 class FeatureSpec(_Strict):
@@ -29,7 +29,8 @@ class FeatureSpec(_Strict):
         "`candidate`: one value per impression."
     )
     hash_size: int | None = Field(
-        default=None, gt=0, description="Rows of this feature's embedding table (categorical only)."
+        default=None, gt=0, description="Rows of this feature's embedding table (categorical only); every "
+        "hash_size together at most 2**31 - 1 (the fused table's rows; modules/native.py indexes them with int32)."
     )
     table: str | None = Field(
         default=None,
@@ -84,9 +85,10 @@ class SurfaceSpec(_Strict):
 class TaskSpec(_Strict):
     name: str = Field(description="Task name (click, save, ...).")
     label: str = Field(description="Label column (0/1).")
-    weight: float = Field(default=1.0, ge=0.0, description="Loss weight.")
+    weight: float = Field(default=1.0, gt=0.0, description="Loss weight.")
     surfaces: list[str] | None = Field(
-        default=None, description="Surfaces where the task applies; null means every surface."
+        default=None, description="Surfaces where the task applies (at least one); null means every surface. "
+        "`[]` only in an export's config (export/prune.py): a task of the unified model that does not apply."
     )
 
 
@@ -194,7 +196,7 @@ class TrainSpec(_Strict):
     seed: int = Field(default=0, description="Seeds torch (init, window masks) and the request shuffle.")
     threads: int = Field(default=2, ge=1, description="torch intra-op threads.")
     bf16: bool = Field(default=False, description="bf16 autocast (CPU with bf16, or CUDA).")
-    device: str = Field(default="auto", description="auto | cpu | cuda.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto (cuda when available), cpu, cuda.")
 
 
 # How a scorer runs its model (serving/backends.py; docs/performance.md measures each).
@@ -252,10 +254,18 @@ class Config(_Strict):
     train: TrainSpec = Field(default=TrainSpec(), description="Training loop.")
 
     @model_validator(mode="after")
-    def _cross_check(self) -> Config:
+    def _cross_check(self, info: ValidationInfo) -> Config:
         _unique("features", [f.name for f in self.features])
         _unique("surfaces", [s.name for s in self.surfaces])
         _unique("tasks", [t.name for t in self.tasks])
+        _unique("tasks[].label", [t.label for t in self.tasks])
+        for s in self.surfaces:
+            _unique(f"surfaces.{s.name}.view_types", s.view_types)
+        sizes = {f.name: f.hash_size for f in self.features if f.hash_size}
+        if sum(sizes.values()) >= 2**31:  # the fused table's rows: modules/native.py indexes them with int32
+            big = max(sizes, key=sizes.__getitem__)
+            raise ValueError(f"features.{big}.hash_size: {sizes[big]}; every hash_size together (the fused embedding "
+                             f"table's rows) must be at most 2**31 - 1 = 2147483647, got {sum(sizes.values())}")
         surfaces = {s.name for s in self.surfaces}
         by_name = {f.name: f for f in self.features}
         for f in self.features:
@@ -270,6 +280,8 @@ class Config(_Strict):
                     f"features.{f.name}.towers: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}"
                 )
         for t in self.tasks:
+            if t.surfaces == [] and not (info.context or {}).get("placeholder_tasks"):
+                raise ValueError(f"tasks.{t.name}.surfaces: empty; list at least one surface, or null for all")
             bad = set(t.surfaces or []) - surfaces
             if bad:
                 raise ValueError(f"tasks.{t.name}.surfaces: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}")
@@ -310,18 +322,20 @@ class Config(_Strict):
 def _unique(key: str, names: list[str]) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise ValueError(f"{key}: duplicate name(s) {dup}")
+        raise ValueError(f"{key}: duplicate value(s) {dup}; each may appear once")
 
 
 class ConfigError(ValueError):
     """A config file or dict that does not validate; the message names the key."""
 
 
-def config_from_dict(raw: object, source: str = "<dict>") -> Config:
+def config_from_dict(raw: object, source: str = "<dict>", *, placeholder_tasks: bool = False) -> Config:
+    """`raw` validated; `placeholder_tasks` accepts tasks with `surfaces: []`, which only an export's config
+    holds (see `TaskSpec.surfaces`): a config to train from needs each task to apply somewhere."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return Config.model_validate(raw)
+        return Config.model_validate(raw, context={"placeholder_tasks": placeholder_tasks})
     except ValidationError as e:
         lines = []
         for err in e.errors():
@@ -340,7 +354,8 @@ def with_changes(cfg: Config, section: str, **changes: Any) -> Config:
     for key in section.split("."):
         node = node[key]
     node |= changes
-    return config_from_dict(raw, f"<config with {section} {changes}>")
+    placeholders = any(t.surfaces == [] for t in cfg.tasks)  # an export's config stays one
+    return config_from_dict(raw, f"<config with {section} {changes}>", placeholder_tasks=placeholders)
 
 
 def load_config(path: str | Path) -> Config:
@@ -360,7 +375,8 @@ def reference_markdown() -> str:
         "# Config reference",
         "",
         "Generated by `python -m unictr.config > docs/config.md` from `src/unictr/config.py`; a test keeps",
-        "it in sync. Unknown keys are errors; so are values outside the ranges below.",
+        "it in sync. Unknown keys are errors; so are values outside the ranges below, floats that are not",
+        "finite, and duplicate feature, surface, view type (per surface), task and label names.",
     ]
     sections: list[tuple[str, type[BaseModel]]] = [
         ("top level", Config), ("data", DataSpec), ("features[]", FeatureSpec), ("sequence", SequenceSpec),

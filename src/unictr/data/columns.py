@@ -95,14 +95,15 @@ def pad_sequences(
     """Left-padded item `[U, L]`, side `[U, L, Ks]`, action, age and mask `[U, L]` arrays from flat events.
 
     `events` is `[1 + Ks + 2, E]` int64: rows item, each side column, action, time (ms). User u's events
-    are columns `lo[u]:hi[u]`, oldest first; the newest L are kept, the newest at L-1. Shared by the
-    reader and the serving request encoder so both encode alike. All rows are gathered by one call (a
-    serving request is one user, whose cost is the number of calls, not the data); each id row (item,
-    sides) is hashed by its own, with its table's size as a scalar: numpy divides by a scalar faster
-    than by an array, which is what a reader's million events cost.
+    are columns `lo[u]:hi[u]`, in any order: `time_ordered` sorts them by time, and the newest L are
+    kept, the newest at L-1. Shared by the reader and the serving request encoder so both encode alike.
+    All rows are gathered by one call (a serving request is one user, whose cost is the number of calls,
+    not the data); each id row (item, sides) is hashed by its own, with its table's size as a scalar:
+    numpy divides by a scalar faster than by an array, which is what a reader's million events cost.
     """
     spec = schema.sequence
     assert spec is not None
+    events, lo, hi = time_ordered(events, lo, hi)
     length = spec.max_len
     pos = hi[:, None] - length + np.arange(length)[None, :]  # newest event lands at L-1
     mask = pos >= lo[:, None]
@@ -123,3 +124,26 @@ def pad_sequences(
         np.where(mask, age_ms / 1000.0, 0.0).astype(np.float32),
         mask,
     )
+
+
+def time_ordered(events: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(events, lo, hi) with each user's events `lo[u]:hi[u]` (disjoint, in increasing order) sorted by
+    time (the last row of `events`), oldest first; events at equal times keep their stored order.
+
+    The one rule of event order, for files and requests alike (docs/data.md): which events are the
+    newest `max_len` depends on their times, never on how they were stored. Only the users' times are
+    read (a file's later rows of a request repeat its first row's events); users whose events are
+    already in order (every writer here) leave `events` as it is, at one comparison per event.
+    """
+    counts = hi - lo
+    end = np.cumsum(counts)
+    total = int(end[-1]) if len(end) else 0
+    take = np.repeat(lo - (end - counts), counts) + np.arange(total)  # the users' events, user by user
+    t = np.take(events[-1], take)
+    back = t[1:] < t[:-1]  # i: event i+1 is older than event i
+    between = end[:-1][(end[:-1] > 0) & (end[:-1] < total)] - 1  # i: events i and i+1 of two users
+    back[between] = False
+    if not back.any():
+        return events, lo, hi
+    owner = np.repeat(np.arange(len(counts)), counts)
+    return events[:, take[np.lexsort((t, owner))]], end - counts, end

@@ -1,7 +1,8 @@
 """Streaming Parquet reader: canonical impression rows in, `Batch`es in the broadcast layout out.
 
 Validation happens here, once, with messages that name the file and the column, so nothing
-downstream sees a NaN, an unknown surface or a ragged sequence.
+downstream sees a NaN, an unknown surface, a ragged sequence, a wrapped-around id or a request
+whose rows disagree on the user side.
 """
 
 from __future__ import annotations
@@ -45,17 +46,24 @@ def required_columns(schema: Schema, keys: DataSpec) -> list[str]:
 def iter_batches(
     path: str | Path, schema: Schema, keys: DataSpec, batch_rows: int = 65536
 ) -> Iterator[Batch]:
-    """Stream a split as `Batch`es of about `batch_rows` rows, file by file."""
-    wanted = required_columns(schema, keys)
+    """Stream a split as `Batch`es of about `batch_rows` rows, file by file.
+
+    The rules of a request (`check_requests`) hold per file (a request may straddle two batches): a
+    file's request id and user columns are read whole first, checked, and sliced into its batches.
+    """
+    user_cols = list(dict.fromkeys([keys.request_id, *schema.user_cat, *schema.user_dense]))
     for file in split_files(path):
-        pf = pq.ParquetFile(file)
-        names = set(pf.schema_arrow.names)
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise DataError(f"{file}: missing column(s) {missing}; see docs/data.md")
-        cols = wanted + [f"p_true_{t}" for t in schema.tasks if f"p_true_{t}" in names]
-        for rb in pf.iter_batches(batch_size=batch_rows, columns=cols):
-            yield encode_table(pa.Table.from_batches([rb]), schema, keys, source=str(file))
+        pf, cols = _open(file, schema, keys)
+        users = pf.read(columns=user_cols)
+        check_requests(users, schema, keys, str(file))
+        at = 0
+        for rb in pf.iter_batches(batch_size=batch_rows, columns=[c for c in cols if c not in user_cols]):
+            table = pa.Table.from_batches([rb])
+            part = users.slice(at, rb.num_rows)
+            for name in part.column_names:
+                table = table.append_column(name, part.column(name))
+            at += rb.num_rows
+            yield _encode(table, schema, keys, str(file))
 
 
 def load_split(path: str | Path, schema: Schema, keys: DataSpec) -> Batch:
@@ -69,25 +77,70 @@ def load_surface_split(path: str | Path, schema: Schema, keys: DataSpec, surface
     Rows of other surfaces are dropped before encoding, so a pruned model's schema can read a
     split written for the unified model.
     """
-    wanted = required_columns(schema, keys)
     parts = []
     for file in split_files(path):
-        names = set(pq.ParquetFile(file).schema_arrow.names)
-        missing = [c for c in wanted if c not in names]
-        if missing:
-            raise DataError(f"{file}: missing column(s) {missing}; see docs/data.md")
-        cols = wanted + [f"p_true_{t}" for t in schema.tasks if f"p_true_{t}" in names]
-        table = pq.read_table(file, columns=cols)
+        pf, cols = _open(file, schema, keys)
+        table = pf.read(columns=cols)
+        check_requests(table, schema, keys, str(file))
         table = table.filter(pc.equal(table.column(keys.surface), pa.scalar(surface)))
         if table.num_rows:
-            parts.append(encode_table(table, schema, keys, source=str(file)))
+            parts.append(_encode(table, schema, keys, str(file)))
     if not parts:
         raise DataError(f"{path}: no rows of surface {surface!r}")
     return concat_batches(parts)
 
 
+def _open(file: Path, schema: Schema, keys: DataSpec) -> tuple[pq.ParquetFile, list[str]]:
+    """`file` opened, and the columns to read from it; refuses a file that is not Parquet, holds no
+    rows or lacks a column, naming it."""
+    try:
+        pf = pq.ParquetFile(file)
+        names = set(pf.schema_arrow.names)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{file}: not a readable Parquet file ({e})") from None
+    if pf.metadata.num_rows == 0:
+        raise DataError(f"{file}: holds no rows; a data file holds at least one request")
+    wanted = required_columns(schema, keys)
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise DataError(f"{file}: missing column(s) {missing}; see docs/data.md")
+    return pf, wanted + [f"p_true_{t}" for t in schema.tasks if f"p_true_{t}" in names]
+
+
+def check_requests(table: pa.Table, schema: Schema, keys: DataSpec, source: str = "<table>") -> None:
+    """Refuse rows of one request that are not contiguous, or whose user-side features differ: the
+    encoder takes a request's user side from its first row (docs/data.md, "Requests")."""
+    rid = _int_column(table, keys.request_id, source)
+    same = rid[1:] == rid[:-1]  # row i+1 continues row i's request
+    runs = rid[np.r_[True, ~same]] if len(rid) else rid
+    ids, count = np.unique(runs, return_counts=True)
+    if (count > 1).any():
+        bad = ids[count > 1][0]
+        rows = np.flatnonzero(rid == bad)
+        gap = rows[np.flatnonzero(np.diff(rows) > 1)[0] :][:2]
+        raise DataError(
+            f"{source}: the rows of {keys.request_id} {bad} are not contiguous (rows {gap[0]} and {gap[1]}, "
+            "other requests between); write each request's rows together, e.g. sorted by request id"
+        )
+    users = {c: _int_column(table, c, source) for c in schema.user_cat}
+    users |= dict(zip(schema.user_dense, _dense_columns(table, schema.user_dense, source), strict=True))
+    for name, values in users.items():
+        differs = np.flatnonzero(same & (values[1:] != values[:-1]))
+        if len(differs):
+            raise DataError(
+                f"{source}: user-side column {name!r} differs between rows of {keys.request_id} "
+                f"{rid[differs[0]]} (rows {differs[0]} and {differs[0] + 1}); a request has one user side"
+            )
+
+
 def encode_table(table: pa.Table, schema: Schema, keys: DataSpec, source: str = "<table>") -> Batch:
-    """Validate and encode canonical rows; rows of one request must be contiguous."""
+    """Validate and encode canonical rows holding whole requests (`check_requests`)."""
+    check_requests(table, schema, keys, source)
+    return _encode(table, schema, keys, source)
+
+
+def _encode(table: pa.Table, schema: Schema, keys: DataSpec, source: str) -> Batch:
+    """Validate the columns of rows whose requests `check_requests` passed, and encode them."""
     n = table.num_rows
     rid = _int_column(table, keys.request_id, source)
     ts = _int_column(table, keys.timestamp, source)
@@ -138,7 +191,18 @@ def _int_column(table: pa.Table, name: str, source: str) -> np.ndarray:
         raise DataError(f"{source}: column {name!r} must be an integer type, got {col.type}")
     if col.null_count:
         raise DataError(f"{source}: column {name!r} has {col.null_count} null value(s)")
-    return col.to_numpy().astype(np.int64, copy=False)
+    return _int64(col, name, source).to_numpy().astype(np.int64, copy=False)
+
+
+def _int64(values: pa.Array | pa.ChunkedArray, name: str, source: str) -> pa.Array | pa.ChunkedArray:
+    """Integer `values` that int64 holds as they are: a uint64 above 2**63 - 1 would wrap around to a
+    negative id (another feature value) and is refused instead."""
+    if values.type == pa.uint64() and len(values) and pc.max(values).as_py() > np.iinfo(np.int64).max:
+        raise DataError(
+            f"{source}: column {name!r} holds the id {pc.max(values).as_py()}, above the int64 range "
+            f"(at most 2**63 - 1); map such ids into int64 before writing, see docs/data.md"
+        )
+    return values
 
 
 def _string_column(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
@@ -186,8 +250,8 @@ def _list_column(table: pa.Table, name: str, source: str) -> tuple[np.ndarray, n
     if arr.null_count:
         raise DataError(f"{source}: column {name!r} has null lists (use empty lists)")
     offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = arr.values.to_numpy()[offsets[0] : offsets[-1]]  # zero-copy; the caller converts once
-    return offsets - offsets[0], values
+    values = _int64(arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])), name, source)
+    return offsets - offsets[0], values.to_numpy()  # zero-copy; the caller converts once
 
 
 def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str) -> SequenceArrays:

@@ -54,7 +54,7 @@ def prune_config(cfg: Config, surface: str, *, keep_shapes: bool) -> Config:
         raw["tasks"] = [{**t, "surfaces": [surface] if applies[t["name"]] else []} for t in raw["tasks"]]
     else:
         raw["tasks"] = [{**t, "surfaces": None} for t in raw["tasks"] if applies[t["name"]]]
-    return config_from_dict(raw, f"pruned config for surface {surface!r}")
+    return config_from_dict(raw, f"pruned config for surface {surface!r}", placeholder_tasks=keep_shapes)
 
 
 @dataclass(frozen=True)

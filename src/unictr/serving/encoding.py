@@ -1,8 +1,8 @@
 """A validated score request into numpy arrays in the `Batch` layout, one row per unique user.
 
 Users are deduplicated by id and only those with candidates are encoded; rows are grouped by user.
-Sequence events may come in any order (they are sorted by time); events at or after the request
-time are dropped (clock skew must not fail a request) and counted; only the newest
+Sequence events may come in any order (`data.columns.time_ordered` sorts them by time, as for a
+file); events at or after the request time are dropped (clock skew must not fail a request) and counted; only the newest
 `sequence.max_len` events are kept (truncation is counted too). The arrays come from the same
 encoder of canonical columns as the reader's (`data/columns.py`), so a request and a file encode alike.
 """
@@ -141,8 +141,7 @@ class RequestEncoder:
         dropped = total - int(np.count_nonzero(keep))
         if dropped:
             events, owner = events[:, keep], owner[keep]
-        events = events[:, np.lexsort((events[-1], owner))]  # per user, oldest first (stable)
-        counts = np.bincount(owner, minlength=len(seqs))
+        counts = np.bincount(owner, minlength=len(seqs))  # pad_sequences puts each user's events in time order
         hi = np.cumsum(counts)
         arrays = pad_sequences(hi - counts, hi, events, np.full(len(seqs), req_ms, dtype=np.int64), self.schema,
                                "request")
