@@ -75,10 +75,10 @@ def test_bad_yaml(tmp_path) -> None:
 
 
 def test_config_reference_is_current() -> None:
-    from unictr.config import reference_markdown
+    from unictr.config_reference import reference_markdown
 
     assert (ROOT / "docs" / "config.md").read_text() == reference_markdown(), (
-        "docs/config.md is stale: run `python -m unictr.config > docs/config.md`"
+        "docs/config.md is stale: run `python -m unictr.config_reference > docs/config.md`"
     )
 
 
