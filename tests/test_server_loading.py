@@ -105,6 +105,9 @@ def test_corrupt_shadow_never_blocks_live_changes(registry, exports) -> None:
         for text in (client.get("/v1/models").text, client.get("/readyz").text):
             assert '"/' not in text and str(registry.root) not in text, text  # no absolute path
         assert client.get("/v1/models").json()["surfaces"][SURFACE]["source_run"] == "run"  # a name, not a path
+        published = [v for v in client.get("/v1/models").json()["versions"] if v["surface"] == SURFACE]
+        assert [(v["version"], v["role"]) for v in published] == [("v0001", "live"), ("v0002", ""),
+                                                                  ("v0003", "shadow")], published
 
         registry.set_shadow(SURFACE, None)
         wait_for(lambda: client.get("/readyz").json()["shadow_problems"] == [])

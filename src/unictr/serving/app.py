@@ -110,7 +110,8 @@ def create_app(registry_dir: str | Path, spec: ServeSpec | None = None) -> FastA
     if spec.threads is not None:
         torch.set_num_threads(spec.threads)
     metrics = ServingMetrics()
-    store = ModelStore(Registry(registry_dir), metrics, spec)
+    registry = Registry(registry_dir)
+    store = ModelStore(registry, metrics, spec)
     shadow = ShadowRunner(metrics)
 
     @asynccontextmanager
@@ -141,7 +142,15 @@ def create_app(registry_dir: str | Path, spec: ServeSpec | None = None) -> FastA
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"surfaces": store.summary()}
+        """What each surface serves and its load state, and every published version (role, when, whether
+        signed; no paths of the machine that published it). `versions` is None while the registry cannot be
+        listed (the reason is in the log and in `surfaces[...].pointer_error`)."""
+        try:
+            versions = registry.listing(public=True)
+        except RegistryError:
+            log.exception("listing the registry failed")
+            versions = None
+        return {"surfaces": store.summary(), "versions": versions}
 
     @app.get("/metrics")
     def prometheus() -> Response:
