@@ -53,7 +53,8 @@ def report_error(e: Exception, hint: bool = True) -> int:
 
 
 def print_error(msg: str) -> None:
-    """Write `error: msg` to stderr as one line: a multi-line message's lines are joined with '; '."""
+    """Write `error: msg` to stderr as one line: a multi-line message's first line, then its other lines
+    joined with '; ' (a config error's head, then each field's problem)."""
     head, *rest = [line.strip() for line in msg.splitlines() if line.strip()] or [""]
     text = f"{head} {'; '.join(rest)}" if rest else head
     typer.echo(f"{typer.style('error:', fg='red')} {text}", err=True)
