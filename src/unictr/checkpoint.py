@@ -2,6 +2,10 @@
 
 Nothing is ever unpickled. The manifest carries the config, the feature schema, library versions
 and the sha256 of every file it names; a file whose hash does not match is refused.
+
+A training run keeps its checkpoints in `checkpoints/step-NNNNNNNNN/` with `checkpoints/LATEST` naming
+the current one (`train/checkpoints.py` writes them); `current_dir` resolves a run directory to the
+directory holding its current manifest, so readers take either layout.
 """
 
 from __future__ import annotations
@@ -10,12 +14,13 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 import unictr
 from unictr.config import Config, config_from_dict
@@ -25,6 +30,10 @@ from unictr.model import UnifiedCTR
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
+CHECKPOINTS = "checkpoints"  # run_dir/checkpoints/step-000000123/ holds one complete checkpoint
+POINTER = "LATEST"  # run_dir/checkpoints/LATEST: the current checkpoint directory's name and a newline
+FAULT_ENV = "UNICTR_FAULT"
+_fault_hits: dict[str, int] = {}
 
 
 class CheckpointError(ValueError):
@@ -39,8 +48,36 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def fault_point(stage: str) -> None:
+    """Crash-test hook: SIGKILL this process when env UNICTR_FAULT is `stage` or `stage:N` and this is
+    the N-th time (1-based) `stage` is reached in this process. Unset, it does nothing.
+
+    Stages: `mid_file` (half of a safetensors file written), `after_tensors` (a checkpoint's tensor files
+    written, its manifest not), `before_pointer` (a step directory in place, LATEST not yet replaced),
+    `step` (the training loop, after an optimizer step). The crash tests in tests/test_checkpoints.py use it.
+    """
+    want = os.environ.get(FAULT_ENV)
+    if not want or want.partition(":")[0] != stage:
+        return
+    nth = want.partition(":")[2] or "1"
+    if not nth.isdigit() or int(nth) < 1:
+        raise ValueError(f"{FAULT_ENV}={want!r}: expected STAGE or STAGE:N with N >= 1")
+    _fault_hits[stage] = _fault_hits.get(stage, 0) + 1
+    if _fault_hits[stage] == int(nth):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory `path` (files created or renamed in it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _atomic_replace(path: Path, write: Any) -> None:
-    """Write via `write(tmp_path)` into a temp file in the same directory, fsync, then rename."""
+    """Write via `write(tmp_path)` into a temp file in the same directory, fsync, rename, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -49,20 +86,36 @@ def _atomic_replace(path: Path, write: Any) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _write_in_halves(path: Path, data: bytes) -> None:
+    """Write `data` to `path` in two halves, with the `mid_file` fault point between them."""
+    view = memoryview(data)
+    with open(path, "wb") as f:
+        f.write(view[: len(data) // 2])
+        f.flush()
+        fault_point("mid_file")
+        f.write(view[len(data) // 2 :])
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> str:
     """Atomically write a safetensors file; returns its sha256."""
-    flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_replace(path, lambda tmp: save_file(flat, str(tmp)))
-    return sha256_file(path)
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+    _atomic_replace(path, lambda tmp: _write_in_halves(tmp, data))
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_text(text: str, path: Path) -> None:
+    """Atomically write a small text file (a manifest, a pointer)."""
+    _atomic_replace(path, lambda tmp: tmp.write_text(text))
 
 
 def save_json(obj: dict, path: Path) -> None:
-    _atomic_replace(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    save_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 
 
 def versions() -> dict[str, str]:
@@ -89,10 +142,12 @@ def write_checkpoint(
 ) -> dict[str, Any]:
     """Write each `{file_name: tensors}` atomically, then the manifest naming their hashes (last).
 
-    A crash between renames leaves a manifest whose hashes do not match: load refuses it.
+    A crash between renames leaves a manifest whose hashes do not match: load refuses it. Training
+    writes into a fresh directory (`train/checkpoints.py`), so a crash there never touches the last one.
     """
     run_dir = Path(run_dir)
     files = {name: save_tensors(t, run_dir / name) for name, t in tensors.items()}
+    fault_point("after_tensors")
     manifest = {
         "format": "unictr-checkpoint/1",
         "config": cfg.model_dump(mode="json"),
@@ -103,6 +158,21 @@ def write_checkpoint(
     }
     save_json(manifest, run_dir / MANIFEST)
     return manifest
+
+
+def current_dir(run_dir: str | Path) -> Path:
+    """The directory holding the run's current manifest: `checkpoints/<name in LATEST>` when the pointer
+    exists, else `run_dir` itself (runs written before step checkpoints, exports, calibrated runs)."""
+    run_dir = Path(run_dir)
+    pointer = run_dir / CHECKPOINTS / POINTER
+    if not pointer.is_file():
+        return run_dir
+    name = pointer.read_text().strip()
+    if name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise CheckpointError(f"{pointer}: names {name!r}, not a checkpoint directory name")
+    if not (pointer.parent / name).is_dir():
+        raise CheckpointError(f"{pointer}: names {name!r}, but {pointer.parent / name} is missing")
+    return pointer.parent / name
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -143,8 +213,8 @@ def load_config_from_manifest(manifest: dict[str, Any], source: str) -> Config:
 
 
 def load_model(run_dir: str | Path) -> tuple[UnifiedCTR, dict[str, Any]]:
-    """Rebuild the model from a run directory's manifest and verified weights, in eval mode."""
-    run_dir = Path(run_dir)
+    """Rebuild the model from a run directory's current manifest and verified weights, in eval mode."""
+    run_dir = current_dir(run_dir)
     manifest = read_manifest(run_dir)
     model = UnifiedCTR(load_config_from_manifest(manifest, str(run_dir)))
     model.load_state_dict(load_tensors(run_dir, MODEL_FILE, manifest), strict=True)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from unictr.calibration.fit import fit_scoped
-from unictr.checkpoint import MANIFEST, MODEL_FILE, load_model, sha256_file, write_checkpoint
+from unictr.checkpoint import MANIFEST, MODEL_FILE, current_dir, load_model, sha256_file, write_checkpoint
 from unictr.config import Config, with_changes
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split, split_files
@@ -163,7 +163,7 @@ def calibrate_run(
         "rows": b.num_rows,
         "fit": report,
     }
-    source_info = {"path": str(run.resolve()), "manifest_sha256": sha256_file(run / MANIFEST),
+    source_info = {"path": str(run.resolve()), "manifest_sha256": sha256_file(current_dir(run) / MANIFEST),
                    "train_state": source_manifest.get("train_state")}
     return write_checkpoint(
         out, calibrated.cfg, {MODEL_FILE: calibrated.state_dict()},

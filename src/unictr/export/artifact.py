@@ -19,6 +19,7 @@ from unictr.checkpoint import (
     MANIFEST,
     MODEL_FILE,
     CheckpointError,
+    current_dir,
     load_model,
     read_manifest,
     schema_dict,
@@ -66,7 +67,7 @@ def build_manifest(
         },
         "source_run": {
             "path": str(run_dir.resolve()),
-            "manifest_sha256": sha256_file(run_dir / MANIFEST),
+            "manifest_sha256": sha256_file(current_dir(run_dir) / MANIFEST),
             "train_state": run_manifest.get("train_state"),
         },
         "metrics": ((run_manifest.get("metrics") or {}).get("surfaces") or {}).get(surface),

@@ -8,6 +8,7 @@ from typing import Any
 from unictr.checkpoint import (
     MANIFEST,
     MODEL_FILE,
+    current_dir,
     load_model,
     read_manifest,
     save_json,
@@ -89,7 +90,7 @@ def _write_onnx(
 
 def export_all_surfaces(run_dir: str | Path, out_root: str | Path) -> dict[str, Path]:
     """Export every surface of a run into `out_root/<surface>`; returns surface → directory."""
-    names = read_manifest(Path(run_dir))["config"]["surfaces"]
+    names = read_manifest(current_dir(run_dir))["config"]["surfaces"]
     out = {s["name"]: Path(out_root) / s["name"] for s in names}
     for surface, path in out.items():
         export_surface(run_dir, surface, path)
