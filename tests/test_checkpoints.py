@@ -93,6 +93,7 @@ def test_resaving_the_current_step_replaces_it(cfg, tmp_path) -> None:
         ("mid_file:3", (1.0, "step-000000001")),  # step 2's model file half written
         ("after_tensors:2", (1.0, "step-000000001")),  # step 2's tensors written, no manifest
         ("before_pointer:2", (1.0, "step-000000001")),  # step-000000002 complete, never made current
+        ("after_pointer:2", (2.0, "step-000000002")),  # step 2 current, nothing pruned yet
         ("before_pointer:3", (2.0, "step-000000002")),  # re-save of step 2: side copy complete, LATEST not moved
         ("before_pointer:4", (3.0, "step-000000002.new")),  # re-save: LATEST on the side copy, old one gone
     ],

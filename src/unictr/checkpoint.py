@@ -54,7 +54,8 @@ def fault_point(stage: str) -> None:
 
     Stages: `mid_file` (half of a safetensors file written), `after_tensors` (a checkpoint's tensor files
     written, its manifest not), `before_pointer` (a step directory in place, LATEST not yet replaced),
-    `step` (the training loop, after an optimizer step). The crash tests in tests/test_checkpoints.py use it.
+    `after_pointer` (LATEST replaced, older checkpoints not yet pruned), `step` (the training loop, after
+    an optimizer step). The crash tests in tests/test_checkpoints.py use it.
     """
     want = os.environ.get(FAULT_ENV)
     if not want or want.partition(":")[0] != stage:

@@ -147,6 +147,7 @@ class CheckpointStore:
         """Atomically make checkpoint directory `name` the current one."""
         fault_point("before_pointer")
         save_text(f"{name}\n", self.root / POINTER)
+        fault_point("after_pointer")
 
     def _sweep(self, older: int | None) -> list[Path]:
         """Remove temp leftovers and checkpoints at or after the current step that are not current; with
