@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +10,9 @@ import torch
 from torch import Tensor
 
 from unictr.data.batch import Batch, Schema
+from unictr.data.stream import user_chunks
 from unictr.metrics import metric_block
 from unictr.model import UnifiedCTR
-
-
-def user_chunks(b: Batch, rows: int, order: Tensor | None = None) -> Iterator[Batch]:
-    """Sub-batches of whole users, taken in `order` (default: user order), of about `rows` impressions each."""
-    order = torch.arange(b.num_users) if order is None else order
-    counts = torch.bincount(b.user_index, minlength=b.num_users)[order]
-    ends = torch.cumsum(counts, 0)
-    cuts = torch.searchsorted(ends, torch.arange(rows, int(ends[-1]) + rows, rows), right=True).tolist()
-    start = 0
-    for cut in [*cuts, b.num_users]:
-        if cut > start:
-            yield b.take_users(order[start:cut])
-            start = cut
 
 
 @torch.inference_mode()
