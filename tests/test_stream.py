@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
@@ -10,8 +11,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from rich.console import Console
 
 from tests.conftest import random_table
+from tests.fixtures import small_config
+from unictr.checkpoint import load_model
 from unictr.data.batch import Batch, Schema, concat_batches
 from unictr.data.canonical import ParquetOptions, write_split
 from unictr.data.errors import DataError
@@ -25,6 +29,8 @@ from unictr.data.stream import (
     split_units,
     user_chunks,
 )
+from unictr.train.evaluate import evaluate, evaluate_split
+from unictr.train.loop import train
 
 
 def _split(cfg, root: Path, row_group: int, requests=(40, 25), max_cands: int = 6) -> Path:
@@ -181,3 +187,42 @@ def test_minibatch_stream_is_one_permutation_when_the_buffer_holds_the_split(sim
     assert len(got) == len(want) > 3
     for a, b in zip(got, want, strict=True):
         _assert_same(a, b)
+
+
+@pytest.fixture(scope="module")
+def small_run(sim_config, tmp_path_factory) -> tuple[Path, Path]:
+    """(a run trained on a random split, an eval split in 5-row row groups over two files)."""
+    cfg = small_config(sim_config)
+    root = tmp_path_factory.mktemp("run")
+    _split(cfg, root / "data", 64, requests=(50,))
+    (root / "data" / "split").rename(root / "data" / "train")
+    train(cfg, root / "data", root / "run", console=Console(quiet=True), show_progress=False)
+    return root / "run", _split(cfg, root / "eval", 5, requests=(70, 30))
+
+
+def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        out |= _flat(v, f"{prefix}{k}/") if isinstance(v, dict) else {prefix + k: v}
+    return out
+
+
+def test_evaluate_split_equals_evaluate(small_run) -> None:
+    """Exactly equal when the split is scored in one batch; with batches of 50 rows the forward passes
+    differ in float rounding (about one ulp of a probability) and nothing else."""
+    run, split = small_run
+    model, _ = load_model(run)
+    want = evaluate(model, load_split(split, model.schema, model.cfg.data))
+    assert json.dumps(evaluate_split(model, split), sort_keys=True) == json.dumps(want, sort_keys=True)
+    got = _flat(evaluate_split(model, split, batch_rows=50))
+    assert got.keys() == _flat(want).keys()
+    assert got == pytest.approx(_flat(want), rel=1e-5, abs=1e-6, nan_ok=True)
+
+
+def test_evaluate_split_draws_reliability_diagrams(small_run, tmp_path) -> None:
+    run, split = small_run
+    model, _ = load_model(run)
+    evaluate_split(model, split, plots=tmp_path)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
+        f"reliability_{s}.png" for s in model.schema.surfaces
+    )
