@@ -8,16 +8,20 @@ backend (no display needed).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unictr.data.batch import Batch, Schema
+from unictr.data.batch import Schema
 from unictr.metrics import calibration_ratio, ece, reliability_bins
+
+if TYPE_CHECKING:
+    from unictr.train.evaluate import Scored
 
 BINS = 15
 
 
-def reliability_diagrams(schema: Schema, b: Batch, probs: np.ndarray, out_dir: str | Path) -> list[Path]:
+def reliability_diagrams(schema: Schema, scored: Scored, out_dir: str | Path) -> list[Path]:
     """Write `reliability_<surface>.png` for every surface with rows into `out_dir`; returns the paths."""
     import matplotlib
 
@@ -27,8 +31,8 @@ def reliability_diagrams(schema: Schema, b: Batch, probs: np.ndarray, out_dir: s
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    labels, applies = b.labels.numpy(), b.label_mask.numpy()
-    surface, view_key = b.surface.numpy(), b.view_key.numpy()
+    labels, applies, probs = scored.labels, scored.label_mask, scored.probs
+    surface, view_key = scored.surface, scored.view_key
     paths = []
     for si, sname in enumerate(schema.surfaces):
         tasks = [ti for ti, on in enumerate(schema.task_mask[si]) if on]

@@ -1,8 +1,9 @@
-"""Streaming Parquet reader: canonical impression rows in, `Batch`es in the broadcast layout out.
+"""Reading a canonical split: `Batch`es in the broadcast layout, streamed by row group.
 
-Validation happens here, once, with messages that name the file and the column, so nothing
-downstream sees a NaN, an unknown surface, a ragged sequence, a wrapped-around id or a request
-whose rows disagree on the user side.
+A split is read unit by unit (`stream.read_unit`: the whole requests starting in one Parquet row
+group), so memory holds about one row group and a batch, never a file. Validation and encoding live
+in `table` (messages naming the file and the column); the request rules hold per file, across row
+groups too (`stream.check_file_requests`).
 """
 
 from __future__ import annotations
@@ -10,65 +11,78 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from unictr.config import DataSpec
 from unictr.data.batch import Batch, Schema, concat_batches
-from unictr.data.columns import SequenceArrays, SideColumns, dense_matrix, encode_columns, no_sequences, pad_sequences
 from unictr.data.errors import DataError
+from unictr.data.stream import (
+    check_file_requests,
+    read_unit_table,
+    required_columns,
+    split_files,
+    split_units,
+    user_chunks,
+)
+from unictr.data.table import check_requests, encode_checked, encode_table
 
-
-def split_files(path: str | Path) -> list[Path]:
-    """The Parquet files of a split directory (or a single file), in name order."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise DataError(f"{path}: no such data file or directory")
-    files = sorted(path.glob("*.parquet"))
-    if not files:
-        raise DataError(f"{path}: directory holds no .parquet files")
-    return files
-
-
-def required_columns(schema: Schema, keys: DataSpec) -> list[str]:
-    cols = [keys.request_id, keys.timestamp, keys.surface, keys.view_type]
-    cols += [*schema.user_cat, *schema.user_dense, *schema.cand_cat, *schema.cand_dense, *schema.labels]
-    if schema.sequence is not None:
-        s = schema.sequence
-        cols += [s.item_column, s.action_column, s.time_column, *s.side_features]
-    return list(dict.fromkeys(cols))
+# What callers have imported from here since before the table/stream split.
+__all__ = [
+    "check_requests",
+    "encode_table",
+    "iter_batches",
+    "load_split",
+    "load_surface_split",
+    "required_columns",
+    "split_files",
+]
 
 
 def iter_batches(
     path: str | Path, schema: Schema, keys: DataSpec, batch_rows: int = 65536
 ) -> Iterator[Batch]:
-    """Stream a split as `Batch`es of about `batch_rows` rows, file by file.
+    """Stream a split as `Batch`es of whole requests, about `batch_rows` rows each, in row order.
 
-    The rules of a request (`check_requests`) hold per file (a request may straddle two batches): a
-    file's request id and user columns are read whole first, checked, and sliced into its batches.
+    Units are gathered until they hold `batch_rows` rows, then cut into batches of about that many
+    rows; a request larger than `batch_rows` makes one larger batch.
     """
-    user_cols = list(dict.fromkeys([keys.request_id, *schema.user_cat, *schema.user_dense]))
-    for file in split_files(path):
-        pf, cols = _open(file, schema, keys)
-        users = pf.read(columns=user_cols)
-        check_requests(users, schema, keys, str(file))
-        at = 0
-        for rb in pf.iter_batches(batch_size=batch_rows, columns=[c for c in cols if c not in user_cols]):
-            table = pa.Table.from_batches([rb])
-            part = users.slice(at, rb.num_rows)
-            for name in part.column_names:
-                table = table.append_column(name, part.column(name))
-            at += rb.num_rows
-            yield _encode(table, schema, keys, str(file))
+    held: list[Batch] = []
+    rows = 0
+    for b in _unit_batches(path, schema, keys):
+        held.append(b)
+        rows += b.num_rows
+        if rows >= batch_rows:
+            yield from user_chunks(concat_batches(held), batch_rows)
+            held, rows = [], 0
+    if held:
+        yield from user_chunks(concat_batches(held), batch_rows)
 
 
 def load_split(path: str | Path, schema: Schema, keys: DataSpec) -> Batch:
-    """A whole split as one in-memory `Batch` (training shuffles requests from it)."""
-    return concat_batches(list(iter_batches(path, schema, keys)))
+    """A whole split as one in-memory `Batch` (for small splits: evaluation-sized, tests, baselines)."""
+    return concat_batches(list(_unit_batches(path, schema, keys)))
+
+
+def _unit_batches(path: str | Path, schema: Schema, keys: DataSpec) -> Iterator[Batch]:
+    """Each unit's requests of the split, encoded, in row order."""
+    for source, table in _unit_tables(path, schema, keys):
+        yield encode_checked(table, schema, keys, source)
+
+
+def _unit_tables(path: str | Path, schema: Schema, keys: DataSpec) -> Iterator[tuple[str, pa.Table]]:
+    """(file, the rows of the requests starting in one unit) for each unit of the split in row order,
+    their requests checked (each file's request ids as a whole first)."""
+    checked: set[Path] = set()
+    for unit in split_units(path):
+        if unit.file not in checked:
+            check_file_requests(unit.file, keys)
+            checked.add(unit.file)
+        read = read_unit_table(unit, schema, keys)
+        if read is not None:
+            table, first_row = read
+            check_requests(table, schema, keys, str(unit.file), first_row)
+            yield str(unit.file), table
 
 
 def load_surface_split(path: str | Path, schema: Schema, keys: DataSpec, surface: str) -> Batch:
@@ -78,194 +92,10 @@ def load_surface_split(path: str | Path, schema: Schema, keys: DataSpec, surface
     split written for the unified model.
     """
     parts = []
-    for file in split_files(path):
-        pf, cols = _open(file, schema, keys)
-        table = pf.read(columns=cols)
-        check_requests(table, schema, keys, str(file))
+    for source, table in _unit_tables(path, schema, keys):
         table = table.filter(pc.equal(table.column(keys.surface), pa.scalar(surface)))
         if table.num_rows:
-            parts.append(_encode(table, schema, keys, str(file)))
+            parts.append(encode_checked(table, schema, keys, source))
     if not parts:
         raise DataError(f"{path}: no rows of surface {surface!r}")
     return concat_batches(parts)
-
-
-def _open(file: Path, schema: Schema, keys: DataSpec) -> tuple[pq.ParquetFile, list[str]]:
-    """`file` opened, and the columns to read from it; refuses a file that is not Parquet, holds no
-    rows or lacks a column, naming it."""
-    try:
-        pf = pq.ParquetFile(file)
-        names = set(pf.schema_arrow.names)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{file}: not a readable Parquet file ({e})") from None
-    if pf.metadata.num_rows == 0:
-        raise DataError(f"{file}: holds no rows; a data file holds at least one request")
-    wanted = required_columns(schema, keys)
-    missing = [c for c in wanted if c not in names]
-    if missing:
-        raise DataError(f"{file}: missing column(s) {missing}; see docs/data.md")
-    return pf, wanted + [f"p_true_{t}" for t in schema.tasks if f"p_true_{t}" in names]
-
-
-def check_requests(table: pa.Table, schema: Schema, keys: DataSpec, source: str = "<table>") -> None:
-    """Refuse rows of one request that are not contiguous, or whose user-side features differ: the
-    encoder takes a request's user side from its first row (docs/data.md, "Requests")."""
-    rid = _int_column(table, keys.request_id, source)
-    same = rid[1:] == rid[:-1]  # row i+1 continues row i's request
-    runs = rid[np.r_[True, ~same]] if len(rid) else rid
-    ids, count = np.unique(runs, return_counts=True)
-    if (count > 1).any():
-        bad = ids[count > 1][0]
-        rows = np.flatnonzero(rid == bad)
-        gap = rows[np.flatnonzero(np.diff(rows) > 1)[0] :][:2]
-        raise DataError(
-            f"{source}: the rows of {keys.request_id} {bad} are not contiguous (rows {gap[0]} and {gap[1]}, "
-            "other requests between); write each request's rows together, e.g. sorted by request id"
-        )
-    users = {c: _int_column(table, c, source) for c in schema.user_cat}
-    users |= dict(zip(schema.user_dense, _dense_columns(table, schema.user_dense, source), strict=True))
-    for name, values in users.items():
-        differs = np.flatnonzero(same & (values[1:] != values[:-1]))
-        if len(differs):
-            raise DataError(
-                f"{source}: user-side column {name!r} differs between rows of {keys.request_id} "
-                f"{rid[differs[0]]} (rows {differs[0]} and {differs[0] + 1}); a request has one user side"
-            )
-
-
-def encode_table(table: pa.Table, schema: Schema, keys: DataSpec, source: str = "<table>") -> Batch:
-    """Validate and encode canonical rows holding whole requests (`check_requests`)."""
-    check_requests(table, schema, keys, source)
-    return _encode(table, schema, keys, source)
-
-
-def _encode(table: pa.Table, schema: Schema, keys: DataSpec, source: str) -> Batch:
-    """Validate the columns of rows whose requests `check_requests` passed, and encode them."""
-    n = table.num_rows
-    rid = _int_column(table, keys.request_id, source)
-    ts = _int_column(table, keys.timestamp, source)
-    # one user row per run of equal request ids (rows of a request are contiguous)
-    starts = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]]) if n else np.zeros(0, dtype=np.int64)
-    user_index = np.cumsum(np.r_[False, rid[1:] != rid[:-1]]) if n else np.zeros(0, dtype=np.int64)
-
-    surface = _index_in(table, keys.surface, list(schema.surfaces), source)
-    view_names = [f"{s}\x1f{v}" for s, v in schema.view_keys]
-    view_col = pc.binary_join_element_wise(
-        _string_column(table, keys.surface, source), _string_column(table, keys.view_type, source), "\x1f"
-    )
-    view_key = _index_in(pa.table({"v": view_col}), "v", view_names, source, label=keys.view_type)
-
-    user_ids = [_int_column(table, c, source) for c in schema.user_cat]
-    users = SideColumns(user_ids, _dense_columns(table, schema.user_dense, source), starts)
-    cand_ids = [_int_column(table, c, source) for c in schema.cand_cat]
-    candidates = SideColumns(cand_ids, _dense_columns(table, schema.cand_dense, source), slice(0, n))
-    labels = dense_matrix(_dense_columns(table, schema.labels, source, what="label"), slice(0, n))
-    bad = ~np.isin(labels, (0.0, 1.0))
-    if bad.any():
-        col = schema.labels[int(np.nonzero(bad)[1][0])]
-        raise DataError(f"{source}: label column {col!r} holds values other than 0/1")
-    p_cols = [f"p_true_{t}" for t in schema.tasks]
-    p_true = None
-    if all(c in table.column_names for c in p_cols):
-        p_true = dense_matrix(_dense_columns(table, p_cols, source), slice(0, n))
-
-    seq = _sequences(table, schema, starts, ts[starts], source)
-    return Batch.from_numpy(
-        encode_columns(
-            schema, users, candidates, seq, surface=surface, view_key=view_key,
-            user_index=user_index.astype(np.int64), labels=labels,
-            label_mask=np.asarray(schema.task_mask, dtype=bool)[surface], p_true=p_true,
-        )
-    )
-
-
-def _column(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
-    if name not in table.column_names:
-        raise DataError(f"{source}: missing column {name!r}; see docs/data.md")
-    return table.column(name)
-
-
-def _int_column(table: pa.Table, name: str, source: str) -> np.ndarray:
-    col = _column(table, name, source)
-    if not pa.types.is_integer(col.type):
-        raise DataError(f"{source}: column {name!r} must be an integer type, got {col.type}")
-    if col.null_count:
-        raise DataError(f"{source}: column {name!r} has {col.null_count} null value(s)")
-    return _int64(col, name, source).to_numpy().astype(np.int64, copy=False)
-
-
-def _int64(values: pa.Array | pa.ChunkedArray, name: str, source: str) -> pa.Array | pa.ChunkedArray:
-    """Integer `values` that int64 holds as they are: a uint64 above 2**63 - 1 would wrap around to a
-    negative id (another feature value) and is refused instead."""
-    if values.type == pa.uint64() and len(values) and pc.max(values).as_py() > np.iinfo(np.int64).max:
-        raise DataError(
-            f"{source}: column {name!r} holds the id {pc.max(values).as_py()}, above the int64 range "
-            f"(at most 2**63 - 1); map such ids into int64 before writing, see docs/data.md"
-        )
-    return values
-
-
-def _string_column(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
-    col = _column(table, name, source)
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        raise DataError(f"{source}: column {name!r} must be a string, got {col.type}")
-    return col
-
-
-def _index_in(table: pa.Table, name: str, values: list[str], source: str, label: str | None = None) -> np.ndarray:
-    col = _string_column(table, name, source)
-    idx = pc.index_in(col, value_set=pa.array(values))
-    if idx.null_count:
-        unknown = pc.unique(pc.filter(col, pc.is_null(idx))).to_pylist()[:5]
-        unknown = [u.replace("\x1f", "/") if isinstance(u, str) else u for u in unknown]
-        shown = [v.replace("\x1f", "/") for v in values]
-        raise DataError(f"{source}: column {label or name!r} has unknown value(s) {unknown}; the config knows {shown}")
-    return idx.to_numpy().astype(np.int64)
-
-
-def _dense_columns(
-    table: pa.Table, names: tuple[str, ...] | list[str], source: str, what: str = "dense"
-) -> list[np.ndarray]:
-    """The named numeric columns as float32 arrays, refusing non-numeric types and NaN/inf/null values."""
-    out = []
-    for name in names:
-        col = _column(table, name, source)
-        if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_boolean(col.type)):
-            raise DataError(f"{source}: {what} column {name!r} must be numeric, got {col.type}")
-        vals = col.to_numpy(zero_copy_only=False).astype(np.float32)
-        if not np.isfinite(vals).all():
-            raise DataError(f"{source}: {what} column {name!r} holds NaN/inf or null values")
-        out.append(vals)
-    return out
-
-
-def _list_column(table: pa.Table, name: str, source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets[N+1] from 0, values of any integer type) of a list<int> column."""
-    col = _column(table, name, source)
-    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)) or not pa.types.is_integer(
-        col.type.value_type
-    ):
-        raise DataError(f"{source}: column {name!r} must be list<int64>, got {col.type}")
-    arr = col.combine_chunks()
-    if arr.null_count:
-        raise DataError(f"{source}: column {name!r} has null lists (use empty lists)")
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    values = _int64(arr.values.slice(int(offsets[0]), int(offsets[-1] - offsets[0])), name, source)
-    return offsets - offsets[0], values.to_numpy()  # zero-copy; the caller converts once
-
-
-def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.ndarray, source: str) -> SequenceArrays:
-    """Left-padded sequence arrays (see `pad_sequences`) holding each user's newest L events."""
-    if schema.sequence is None:
-        return no_sequences(len(starts))
-    spec = schema.sequence
-    cols = [spec.item_column, *spec.side_features, spec.action_column, spec.time_column]  # pad_sequences' rows
-    off, events = _list_column(table, cols[0], source)
-    stacked = np.empty((len(cols), len(events)), dtype=np.int64)  # one row per column, filled in place
-    stacked[0] = events
-    for k, c in enumerate(cols[1:], start=1):
-        o, values = _list_column(table, c, source)
-        if not np.array_equal(o, off):
-            raise DataError(f"{source}: sequence column {c!r} has lists of other lengths than {cols[0]!r}")
-        stacked[k] = values
-    return pad_sequences(off[starts], off[starts + 1], stacked, req_ts, schema, source)

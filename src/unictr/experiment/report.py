@@ -15,7 +15,7 @@ import torch
 from unictr.data.batch import Batch, Schema
 from unictr.experiment.arms import ArmRun, split_rows
 from unictr.metrics import auc, bootstrap_auc_diff, json_float
-from unictr.train.evaluate import sliced_metrics
+from unictr.train.evaluate import Scored, sliced_metrics
 
 # ------------------------------------------------------------------------------------------ numbers
 
@@ -26,7 +26,7 @@ def build_report(schema: Schema, eval_b: Batch, runs: dict[str, dict[int, ArmRun
     for arm, by_seed in runs.items():
         per_seed = {}
         for seed, run in by_seed.items():
-            m = sliced_metrics(schema, eval_b, run.probs)
+            m = sliced_metrics(schema, Scored.of(eval_b, run.probs))
             per_seed[str(seed)] = {
                 "surfaces": {
                     s: {t: v for t, v in tasks.items() if t != "view_types"} for s, tasks in m["surfaces"].items()

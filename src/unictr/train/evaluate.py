@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -11,21 +11,10 @@ import torch
 from torch import Tensor
 
 from unictr.data.batch import Batch, Schema
+from unictr.data.reader import iter_batches
+from unictr.data.stream import user_chunks
 from unictr.metrics import metric_block
 from unictr.model import UnifiedCTR
-
-
-def user_chunks(b: Batch, rows: int, order: Tensor | None = None) -> Iterator[Batch]:
-    """Sub-batches of whole users, taken in `order` (default: user order), of about `rows` impressions each."""
-    order = torch.arange(b.num_users) if order is None else order
-    counts = torch.bincount(b.user_index, minlength=b.num_users)[order]
-    ends = torch.cumsum(counts, 0)
-    cuts = torch.searchsorted(ends, torch.arange(rows, int(ends[-1]) + rows, rows), right=True).tolist()
-    start = 0
-    for cut in [*cuts, b.num_users]:
-        if cut > start:
-            yield b.take_users(order[start:cut])
-            start = cut
 
 
 @torch.inference_mode()
@@ -42,13 +31,38 @@ def predict(model: UnifiedCTR, b: Batch, rows: int = 32768, device: torch.device
     return torch.sigmoid(predict_logits(model, b, rows, device)).numpy()
 
 
-def sliced_metrics(schema: Schema, b: Batch, probs: np.ndarray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Scored:
+    """What the metrics and plots read of a scored split, per row: all that evaluation keeps of a
+    streamed split (a few numbers a row, not its features)."""
+
+    probs: np.ndarray  # [N, T] predicted probabilities
+    labels: np.ndarray  # [N, T] 0/1
+    label_mask: np.ndarray  # [N, T] bool: the task applies to the row's surface
+    surface: np.ndarray  # [N] surface index
+    view_key: np.ndarray  # [N] (surface, view type) index
+    p_true: np.ndarray | None = None  # [N, T] the simulator's true probabilities
+
+    @classmethod
+    def of(cls, b: Batch, probs: np.ndarray) -> Scored:
+        """`b`'s rows scored with `probs`."""
+        p_true = None if b.p_true is None else b.p_true.numpy()
+        return cls(probs, b.labels.numpy(), b.label_mask.numpy(), b.surface.numpy(), b.view_key.numpy(), p_true)
+
+    @classmethod
+    def concat(cls, parts: list[Scored]) -> Scored:
+        """The rows of `parts`, in order."""
+        def joined(name: str) -> np.ndarray | None:
+            vals = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in vals) else np.concatenate(vals)
+
+        return cls(**{f.name: joined(f.name) for f in fields(cls)})
+
+
+def sliced_metrics(schema: Schema, scored: Scored) -> dict[str, Any]:
     """The metrics.json contract: per surface × task (with per view type), and overall per task."""
-    labels = b.labels.numpy()
-    applies = b.label_mask.numpy()
-    surface = b.surface.numpy()
-    view_key = b.view_key.numpy()
-    p_true = None if b.p_true is None else b.p_true.numpy()
+    labels, applies, probs, p_true = scored.labels, scored.label_mask, scored.probs, scored.p_true
+    surface, view_key = scored.surface, scored.view_key
 
     def block(rows: np.ndarray, t: int) -> dict[str, Any]:
         rows = rows & applies[:, t]
@@ -81,10 +95,27 @@ def sliced_metrics(schema: Schema, b: Batch, probs: np.ndarray) -> dict[str, Any
 def evaluate(
     model: UnifiedCTR, b: Batch, device: torch.device | None = None, plots: Path | None = None
 ) -> dict[str, Any]:
-    """`sliced_metrics` of the model's predictions; with `plots`, also one reliability diagram per surface there."""
-    probs = predict(model, b, device=device)
+    """`sliced_metrics` of the model's predictions on the in-memory `b`; with `plots`, also one
+    reliability diagram per surface there."""
+    return _report(model.schema, Scored.of(b, predict(model, b, device=device)), plots)
+
+
+def evaluate_split(
+    model: UnifiedCTR, path: str | Path, device: torch.device | None = None, plots: Path | None = None,
+    batch_rows: int = 32768,
+) -> dict[str, Any]:
+    """`evaluate` of a split streamed from `path` in batches of about `batch_rows` rows (each scored
+    in one forward pass): only the scores, labels and slices of its rows are kept, never its features."""
+    parts = [
+        Scored.of(b, predict(model, b, batch_rows, device))
+        for b in iter_batches(path, model.schema, model.cfg.data, batch_rows)
+    ]
+    return _report(model.schema, Scored.concat(parts), plots)
+
+
+def _report(schema: Schema, scored: Scored, plots: Path | None) -> dict[str, Any]:
     if plots is not None:
         from unictr.plots import reliability_diagrams  # matplotlib only when asked for
 
-        reliability_diagrams(model.schema, b, probs, plots)
-    return sliced_metrics(model.schema, b, probs)
+        reliability_diagrams(schema, scored, plots)
+    return sliced_metrics(schema, scored)

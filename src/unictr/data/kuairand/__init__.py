@@ -35,7 +35,7 @@ from unictr.data.kuairand.sequences import (
 )
 from unictr.data.kuairand.tables import read_logs, read_users, read_videos
 
-PARQUET = ParquetOptions()  # pyarrow's defaults; one part per split
+PARQUET = ParquetOptions(row_group_size=8_192)  # one part per split; row groups for shards
 
 
 @dataclass(frozen=True)

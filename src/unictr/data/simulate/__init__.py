@@ -42,7 +42,7 @@ GENERATOR = "unictr.data.simulate"
 VERSION = 1
 
 PART_ROWS = 500_000  # most rows per Parquet part
-PARQUET = ParquetOptions(compression="zstd", compression_level=3, row_group_size=131_072)
+PARQUET = ParquetOptions(compression="zstd", compression_level=3, row_group_size=32_768)  # shards to ranks by row group
 TASKS = ("click", "save", "long_click")
 
 # Columns the simulator writes for the config's features: name -> (kind, side).
