@@ -15,7 +15,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
-from unictr.checkpoint import load_model
+from unictr.checkpoint import current_dir, load_model
 from unictr.cli import app
 from unictr.config import config_from_dict, load_config
 from unictr.data.reader import load_split
@@ -158,7 +158,7 @@ def test_separate_arm_trains_one_model_per_surface_on_its_rows(report, tiny):
     for s in SURFACES:
         assert models[s]["train_rows"] == counts[s]
         run = report["out"] / "runs" / "separate" / "seed0"
-        manifest = json.loads((run / "runs" / s / "manifest.json").read_text())
+        manifest = json.loads((current_dir(run / "runs" / s) / "manifest.json").read_text())
         assert [x["name"] for x in manifest["config"]["surfaces"]] == [s]
         rows = pq.read_table(run / "data" / s / "train")
         assert set(rows["surface"].to_pylist()) == {s} and rows.num_rows == counts[s]

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from tests.fixtures import small_config, train_small_run
-from unictr.checkpoint import MANIFEST, MODEL_FILE, CheckpointError, load_model, sha256_file
+from unictr.checkpoint import MANIFEST, MODEL_FILE, CheckpointError, current_dir, load_model, sha256_file
 from unictr.cli import app
 from unictr.config import Config
 from unictr.data.reader import load_split, load_surface_split
@@ -73,7 +73,7 @@ def test_export_parity_per_surface(small_run, unified_eval, tmp_path, surface) -
     assert model.schema.surfaces == (surface,) and len(model.towers.towers) == 1
     others = {f.name for f in cfg.features if f.towers and surface not in f.towers}
     assert others and not others & set(model.schema.cand_cat)
-    assert (tmp_path / "exp" / MODEL_FILE).stat().st_size < (run / MODEL_FILE).stat().st_size
+    assert (tmp_path / "exp" / MODEL_FILE).stat().st_size < (current_dir(run) / MODEL_FILE).stat().st_size
     applies = [t.name for t in cfg.tasks if t.surfaces is None or surface in t.surfaces]
     assert manifest["surface"] == surface and manifest["tasks"] == applies
     assert set(manifest["files"]) == {MODEL_FILE, ONNX_FILE, ONNX_ONE_USER_FILE}

@@ -173,7 +173,34 @@ class ModelSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    batch_size: int = Field(default=2048, ge=1, description="Impressions per step (whole requests).")
+    batch_size: int = Field(default=2048, ge=1, description="Impressions per optimizer step (whole requests); "
+                            "see batch_size_per.")
+    batch_size_per: Literal["global", "rank"] = Field(
+        default="global", description="What batch_size counts under torchrun: global (the step's impressions over "
+        "all ranks; each rank takes batch_size / world size, so results do not depend on the number of processes) "
+        "or rank (each rank takes batch_size; the global batch grows with the world size, scale lr with it; "
+        "docs/distributed.md)."
+    )
+    data_shards: int = Field(
+        default=8, ge=1, description="Streams the training split is dealt into each epoch (its row groups, balanced "
+        "by rows; at most one per row group): every step takes batch_size / data_shards impressions from each. "
+        "Ranks host whole streams, so 1, 2, 4 or 8 processes train the same model (within float rounding); "
+        "at least the number of ranks (docs/distributed.md)."
+    )
+    shuffle_buffer_rows: int = Field(
+        default=262_144, ge=1, description="Impressions held in the training streams' shuffle buffers together "
+        "(whole requests; the row groups' order is shuffled per epoch too). Bounds the input's memory: a split "
+        "larger than this is never held whole."
+    )
+    checkpoint_every_steps: int | None = Field(
+        default=2000, ge=1, description="Optimizer steps between mid-epoch checkpoints (a few minutes of work on "
+        "2 CPU cores), besides the one at each epoch's end; a crash loses at most this much. null = epoch ends only."
+    )
+    keep_checkpoints: int = Field(default=3, ge=1, description="Complete checkpoints kept in RUN/checkpoints/.")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps (then evaluate and checkpoint); "
+        "null = train all epochs. For smoke tests and benchmarks."
+    )
     lr: float = Field(default=2e-3, gt=0, description="AdamW base learning rate.")
     embedding_lr: float | None = Field(default=None, gt=0, description="Embedding-table LR; null = lr.")
     weight_decay: float = Field(default=1e-5, ge=0, description="AdamW weight decay (not on embeddings).")

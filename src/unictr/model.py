@@ -202,12 +202,14 @@ def probabilities(model: nn.Module, b: Batch) -> Tensor:
     return torch.sigmoid(model(b).float())
 
 
-def masked_bce(logits: Tensor, b: Batch, weights: Tensor) -> tuple[Tensor, Tensor]:
+def masked_bce(logits: Tensor, b: Batch, weights: Tensor, counts: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Weighted sum over tasks of the mean BCE on the rows where each task applies.
 
+    `counts` (per task) replaces this batch's own row counts as the means' denominators: data-parallel
+    ranks pass the counts over all ranks, so their losses sum to the loss of the union of their batches.
     Returns (loss, per-task mean losses).
     """
     per = nn.functional.binary_cross_entropy_with_logits(logits.float(), b.labels, reduction="none")
     mask = b.label_mask.float()
-    per_task = (per * mask).sum(0) / mask.sum(0).clamp_min(1.0)
+    per_task = (per * mask).sum(0) / (mask.sum(0) if counts is None else counts).clamp_min(1.0)
     return (per_task * weights).sum(), per_task.detach()

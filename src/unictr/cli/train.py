@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -62,15 +63,19 @@ def data_kuairand(
 def train_cmd(
     config: Path = typer.Option(DEFAULT_CONFIG, help="YAML config."),
     data: Path = typer.Option(..., help="Data directory with train/ (and eval/)."),
-    out: Path = typer.Option(..., help="Run directory for the checkpoint."),
-    resume: bool = typer.Option(False, help="Continue from the run directory's last checkpoint."),
+    out: Path = typer.Option(..., help="Run directory (checkpoints/ and the current checkpoint's manifest)."),
+    resume: bool = typer.Option(False, help="Continue from the run directory's last complete checkpoint."),
+    overwrite: bool = typer.Option(False, help="Replace the run in a non-empty run directory."),
 ) -> None:
-    """Train the unified model."""
+    """Train the unified model; under `torchrun --nproc-per-node N -m unictr train ...`, on N ranks
+    (docs/distributed.md)."""
     from unictr.train.loop import train
 
     cfg = load_config(config)
-    train(cfg, data, out, resume=resume, console=console)
-    console.print(f"checkpoint: {out}")
+    manifest = train(cfg, data, out, resume=resume, overwrite=overwrite, console=console)
+    if os.environ.get("RANK", "0") == "0":
+        step = manifest.get("train_state", {}).get("step")
+        console.print(f"run: {out} (checkpoint at step {step})")
 
 
 @app.command("eval")
@@ -105,7 +110,7 @@ def quickstart(
     data_dir, run_dir = out / "data", out / "run"
     simulate(rows=rows, seed=seed, out=data_dir)
     console.print(f"simulated {rows:,} rows → {data_dir} ({time.perf_counter() - t0:.0f}s)")
-    train(cfg, data_dir, run_dir, console=console)
+    train(cfg, data_dir, run_dir, console=console, overwrite=True)  # the quickstart's own directory
     metrics = evaluate_run(run_dir, data_dir, "eval")
     write_json(out / "metrics.json", metrics)
     print_metrics(metrics)
@@ -118,14 +123,13 @@ def quickstart(
 
 def evaluate_run(run: Path, data: Path, split: str = "eval", plots: Path | None = None) -> dict[str, Any]:
     from unictr.checkpoint import load_model
-    from unictr.data.reader import load_split
-    from unictr.train.evaluate import evaluate
+    from unictr.train.evaluate import evaluate_split
     from unictr.train.loop import setup_runtime
 
     model, _ = load_model(run)
     setup_runtime(model.cfg.train.model_copy(update={"device": "cpu"}))
     split_dir = data / split if (data / split).is_dir() else data
-    return evaluate(model, load_split(split_dir, model.schema, model.cfg.data), plots=plots)
+    return evaluate_split(model, split_dir, plots=plots)
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:

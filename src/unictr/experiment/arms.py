@@ -39,7 +39,7 @@ def _train_and_predict(
     from unictr.checkpoint import load_model
     from unictr.train.loop import train
 
-    manifest = train(cfg, data_dir, run_dir, console=console, show_progress=show_progress)
+    manifest = train(cfg, data_dir, run_dir, console=console, show_progress=show_progress, overwrite=True)
     model, _ = load_model(run_dir)
     b = load_split(eval_split, model.schema, cfg.data)
     probs = predict(model, b)

@@ -4,6 +4,7 @@ optionally the optimizer fused into the lookup's backward (what FBGEMM's table-b
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,8 @@ class RowwiseAdagrad:
         self._slot = torch.full((rows,), -1, dtype=torch.int32)
         self._touched, self._gbuf = torch.empty(0, dtype=torch.int64), torch.empty(0, 0)
         self.native = native  # on the CPU, use the compiled kernel (`modules/native.py`) when it builds
+        # set by the trainer under data parallelism: (rows, grad) -> every rank's, so all apply the same update
+        self.exchange: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
 
     def to(self, device: torch.device | str) -> RowwiseAdagrad:
         self.sum_sq, self._seen, self._slot = self.sum_sq.to(device), self._seen.to(device), self._slot.to(device)
@@ -69,6 +72,8 @@ class RowwiseAdagrad:
     @torch.no_grad()
     def update(self, weight: Tensor, rows: Tensor, grad: Tensor) -> None:
         """Apply one step for the ids `rows` `[n, k]` whose bags got the pooled gradients `grad` `[n, dim]`."""
+        if self.exchange is not None:
+            rows, grad = self.exchange(rows, grad)
         if self.native and weight.device.type == "cpu" and weight.dtype == grad.dtype == torch.float32:
             module, _ = native.kernel()
             if module is not None:

@@ -1,4 +1,12 @@
-"""Training: AdamW on the weighted per-task BCE, whole requests per step, a checkpoint per epoch."""
+"""Training: AdamW on the weighted per-task BCE over streamed whole requests, on one process or many.
+
+One process, or one per rank under `torchrun` (`train.distributed`): each epoch deals the training split's
+row groups into `train.data_shards` streams (`train.input`), the ranks host disjoint sets of them and step
+together under DDP, and rank 0 alone evaluates, logs and writes the crash-safe checkpoints
+(`train.checkpoints`): every `train.checkpoint_every_steps` steps and at each epoch's end. A resumed run
+replays the data order to the checkpoint's step and restores the optimizers, the LR clock and the RNG
+states, so it ends with the weights an uninterrupted run would have.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +15,28 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 
-from unictr.checkpoint import (
-    MODEL_FILE,
-    CheckpointError,
-    load_tensors,
-    read_manifest,
-    write_checkpoint,
-)
+from unictr.checkpoint import MODEL_FILE, fault_point, read_manifest
 from unictr.config import Config, TrainSpec
 from unictr.data.batch import Batch, Schema
-from unictr.data.reader import load_split
+from unictr.data.stream import Unit, estimated_minibatches, split_units, user_chunks
 from unictr.model import UnifiedCTR, masked_bce
 from unictr.modules.embedding import RowwiseAdagrad
-from unictr.train.evaluate import evaluate, user_chunks
-
-OPTIMIZER_FILE = "optimizer.safetensors"
-FUSED_STATE = "embedding.rowwise_adagrad.sum_sq"  # the fused embedding optimizer's state in OPTIMIZER_FILE
+from unictr.train import distributed
+from unictr.train.checkpoints import CheckpointStore
+from unictr.train.distributed import Dist
+from unictr.train.evaluate import evaluate_split
+from unictr.train.input import rank_input, stream_count
+from unictr.train.resume import prepare_run_dir, restore
+from unictr.train.state import OPTIMIZER_FILE, Position, optimizer_tensors, rng_states
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,7 +85,7 @@ def lr_factor(spec: TrainSpec, step: int, total: int) -> float:
 
 
 def request_minibatches(b: Batch, rows: int, generator: torch.Generator) -> Iterator[Batch]:
-    """Shuffle whole requests, then cut them into minibatches of about `rows` impressions."""
+    """Shuffle whole requests of an in-memory batch, then cut them into minibatches of about `rows` impressions."""
     return user_chunks(b, rows, torch.randperm(b.num_users, generator=generator))
 
 
@@ -90,15 +96,20 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
 
 
 def train_step(
-    model: UnifiedCTR, opt: torch.optim.Optimizer, mb: Batch, weights: torch.Tensor, bf16: bool
+    model: nn.Module, opt: torch.optim.Optimizer, mb: Batch, weights: torch.Tensor, bf16: bool,
+    counts: torch.Tensor | None = None, scale: float = 1.0,
 ) -> torch.Tensor:
     """One step on a minibatch already on the model's device: forward, weighted BCE, backward, update.
 
-    Returns the loss; raises FloatingPointError (before touching the weights) if it is not finite.
+    Under DDP, `counts` are the rows per task over all ranks and `scale` the world size (0 on a rank that
+    only steps along; `distributed`). Returns the loss (as scaled); raises FloatingPointError (before
+    touching the weights) if it is not finite.
     """
     with autocast(mb.user_index.device, bf16):
         logits = model(mb)
-    loss, _ = masked_bce(logits, mb, weights)
+    loss, _ = masked_bce(logits, mb, weights, counts)
+    if scale != 1.0:
+        loss = loss * scale
     if not torch.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss.item()}")
     opt.zero_grad(set_to_none=True)
@@ -107,51 +118,30 @@ def train_step(
     return loss
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer, model: UnifiedCTR) -> dict[str, torch.Tensor]:
-    out = {"rng.torch": torch.get_rng_state()}
-    if model.embedding.fused_update is not None:
-        out[FUSED_STATE] = model.embedding.fused_update.sum_sq
-    for pid, st in opt.state_dict()["state"].items():
-        for k, v in st.items():
-            out[f"state.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    return out
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, model: UnifiedCTR, tensors: dict[str, torch.Tensor]) -> None:
-    if model.embedding.fused_update is not None:
-        model.embedding.fused_update.sum_sq.copy_(tensors[FUSED_STATE])
-    sd = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, v in tensors.items():
-        if key.startswith("state."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-
-
-def _resumable(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The config without `train.epochs`, which a resumed run may raise."""
-    return {**cfg, "train": {k: v for k, v in cfg.get("train", {}).items() if k != "epochs"}}
-
-
 @dataclass
 class _Session:
-    """What a training run carries from epoch to epoch: data, model, optimizer and the LR schedule's bases."""
+    """What a training run carries from step to step: data, model, optimizer, position and the LR's bases."""
 
     cfg: Config
     run_dir: Path
     device: torch.device
-    train_b: Batch
-    eval_b: Batch | None
+    dist: Dist
+    schema: Schema
+    units: list[Unit]  # the training split's row groups
+    eval_dir: Path | None
     model: UnifiedCTR
+    net: nn.Module  # `model`, in DDP under torchrun
     opt: torch.optim.AdamW
     weights: torch.Tensor
-    start_epoch: int
-    history: list[dict[str, Any]]
-    base_lrs: list[float]
-    fused_base_lr: float
-    steps: int  # minibatches per epoch (the last may be short)
+    store: CheckpointStore
+    pos: Position
+    global_batch: int  # impressions per optimizer step over all ranks
+    steps_per_epoch: int  # the LR schedule's estimate (the last minibatch may be short)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    base_lrs: list[float] = field(default_factory=list)
+    fused_base_lr: float = 0.0
+    last: Batch | None = None  # this rank's latest minibatch (an idle rank steps along on it)
 
     def set_lr(self, factor: float) -> None:
         """Scale every parameter group's LR (and the fused embedding optimizer's) from its base."""
@@ -161,94 +151,148 @@ class _Session:
         if fused is not None:
             fused.lr = self.fused_base_lr * factor
 
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.train.epochs * self.steps_per_epoch
 
-def _setup(cfg: Config, data_dir: Path, run_dir: Path, resume: bool, console: Console) -> _Session:
-    """Seed, load the splits, build the model and optimizer, and restore them from `run_dir` on resume.
 
-    The order (seed, data, model init, optimizer, resume) fixes the RNG stream: keep it.
+def global_batch_size(spec: TrainSpec, world: int) -> int:
+    """Impressions per optimizer step over all ranks (`train.batch_size_per`)."""
+    return spec.batch_size * world if spec.batch_size_per == "rank" else spec.batch_size
+
+
+def _setup(cfg: Config, data_dir: Path, run_dir: Path, resume: bool, overwrite: bool, console: Console) -> _Session:
+    """Join the job, seed, list the splits, build the model and optimizer, restore them on resume.
+
+    The order (seed, model init, optimizer, resume) fixes the RNG stream: keep it.
     """
-    spec = cfg.train
-    device = setup_runtime(spec)
+    spec, d = cfg.train, distributed.from_env()
+    device = distributed.join(d, setup_runtime(spec))
+    store = CheckpointStore(run_dir, spec.keep_checkpoints)
+    resume = prepare_run_dir(run_dir, resume, overwrite, store, d)  # an elastic restart resumes by itself
     schema = Schema.from_config(cfg)
-    train_b = load_split(data_dir / "train", schema, cfg.data)
-    eval_b = load_split(data_dir / "eval", schema, cfg.data) if (data_dir / "eval").exists() else None
-
+    units = split_units(data_dir / "train")
+    stream_count(spec, units, d.world)  # refuses a split that cannot give every rank a stream
     model = UnifiedCTR(cfg).to(device)
     opt = make_optimizer(model, spec)
-    weights = torch.tensor([t.weight for t in cfg.tasks], device=device)
-    start_epoch, history = 0, []
+    global_batch = global_batch_size(spec, d.world)
+    s = _Session(
+        cfg=cfg, run_dir=run_dir, device=device, dist=d, schema=schema, units=units,
+        eval_dir=data_dir / "eval" if (data_dir / "eval").exists() else None, model=model, net=model, opt=opt,
+        weights=torch.tensor([t.weight for t in cfg.tasks], device=device), store=store, pos=Position(),
+        global_batch=global_batch, steps_per_epoch=estimated_minibatches(units, global_batch),
+    )
+    if d.world > 1:
+        torch.manual_seed(spec.seed + 1_000_003 * d.rank)  # ranks draw their own masks and dropout
     if resume:
-        start_epoch, history = _resume(cfg, run_dir, model, opt)
-        console.print(f"resumed {run_dir} at epoch {start_epoch}")
-    fused = model.embedding.fused_update
-    return _Session(
-        cfg=cfg, run_dir=run_dir, device=device, train_b=train_b, eval_b=eval_b, model=model, opt=opt,
-        weights=weights, start_epoch=start_epoch, history=history,
-        base_lrs=[g["lr"] for g in opt.param_groups], fused_base_lr=fused.lr if fused is not None else 0.0,
-        steps=-(-train_b.num_rows // spec.batch_size),
-    )
+        s.pos, s.history, s.metrics, where = restore(cfg, run_dir, model, opt, s.steps_per_epoch, d, device)
+        if d.is_main:
+            console.print(f"resumed {where} at epoch {s.pos.epoch + 1}, step {s.pos.step}", soft_wrap=True)
+    s.net = distributed.wrap(model, d)
+    s.base_lrs = [g["lr"] for g in opt.param_groups]
+    s.fused_base_lr = model.embedding.fused_update.lr if model.embedding.fused_update is not None else 0.0
+    return s
 
 
-def _resume(
-    cfg: Config, run_dir: Path, model: UnifiedCTR, opt: torch.optim.Optimizer
-) -> tuple[int, list[dict[str, Any]]]:
-    """Load the run's weights, optimizer and RNG state; returns (epochs done, history)."""
-    manifest = read_manifest(run_dir)
-    if _resumable(manifest.get("config", {})) != _resumable(cfg.model_dump(mode="json")):
-        raise CheckpointError(
-            f"{run_dir}: --resume needs the run's config (only train.epochs may change); this one differs"
+def _stream(s: _Session) -> Iterator[Batch | None]:
+    """This rank's minibatches of the epoch in progress, from the position's step on (a resume replays and
+    drops the ones already trained: the order is a pure function of the seed, the epoch and the stream)."""
+    d = s.dist
+    steps = rank_input(s.units, s.schema, s.cfg.data, s.cfg.train, s.global_batch, s.pos.epoch, d.rank, d.world)
+    for _ in range(s.pos.step_in_epoch):
+        s.last = next(steps) or s.last
+    return steps
+
+
+def _step(s: _Session, mb: Batch | None) -> bool:
+    """One optimizer step on this rank's minibatch; False (on every rank) once every rank has run out.
+
+    A rank that has run out while others have not steps along on its last minibatch with zero weight, so
+    each epoch trains every request of the split exactly once, as one process would.
+    """
+    spec, d = s.cfg.train, s.dist
+    if mb is not None:
+        mb = s.last = mb.to(s.device)
+    local = mb.label_mask.sum(0).float() if mb is not None else torch.zeros(len(s.cfg.tasks), device=s.device)
+    counts, any_left = distributed.global_counts(d, local, mb is not None)
+    if not any_left:
+        return False
+    d.idle = mb is None
+    if d.idle and s.last is None:
+        raise RuntimeError(f"rank {d.rank}: its shard of the epoch held no whole request to step along with")
+    s.set_lr(lr_factor(spec, s.pos.step, s.total_steps))
+    try:
+        loss = train_step(
+            s.net, s.opt, mb if mb is not None else s.last, s.weights, spec.bf16,
+            counts if d.enabled else None, 0.0 if d.idle else float(d.world),
         )
-    model.load_state_dict(load_tensors(run_dir, MODEL_FILE, manifest))
-    _load_optimizer(opt, model, load_tensors(run_dir, OPTIMIZER_FILE, manifest))
-    return manifest["train_state"]["epoch"], manifest.get("history", [])
+    except FloatingPointError as e:
+        raise FloatingPointError(f"epoch {s.pos.epoch + 1}, step {s.pos.step + 1}: {e}; stopping") from None
+    s.pos.step += 1
+    s.pos.step_in_epoch += 1
+    if mb is not None:
+        s.pos.rows += mb.num_rows
+        s.pos.loss_sum += loss.item() * mb.num_rows
+    return True
 
 
-def _train_epoch(s: _Session, epoch: int, console: Console, show_progress: bool) -> dict[str, Any]:
-    """One pass over the shuffled training requests; returns the epoch's loss and speed."""
+def _train_epoch(s: _Session, console: Console, show_progress: bool) -> None:
+    """Train the epoch in progress to its end (or to `train.max_steps`), checkpointing every N steps."""
     spec = s.cfg.train
-    s.model.train()
-    gen = torch.Generator().manual_seed(spec.seed * 1000 + epoch)
-    seen, loss_sum, t0 = 0, 0.0, time.perf_counter()
+    stream, t0, done0 = _stream(s), time.perf_counter(), s.pos.seconds
     with Progress(
-        TextColumn(f"epoch {epoch + 1}/{spec.epochs}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn(f"epoch {s.pos.epoch + 1}/{spec.epochs}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-        console=console, disable=not show_progress, transient=False,
+        console=console, disable=not (show_progress and s.dist.is_main), transient=False,
     ) as bar:
-        task = bar.add_task("train", total=s.steps, info="")
-        for i, mb in enumerate(request_minibatches(s.train_b, spec.batch_size, gen)):
-            s.set_lr(lr_factor(spec, epoch * s.steps + i, spec.epochs * s.steps))
-            mb = mb.to(s.device)
-            try:
-                loss = train_step(s.model, s.opt, mb, s.weights, spec.bf16)
-            except FloatingPointError as e:
-                raise FloatingPointError(f"epoch {epoch + 1}: {e}; stopping") from None
-            seen += mb.num_rows
-            loss_sum += loss.item() * mb.num_rows
-            rate = seen / (time.perf_counter() - t0)
-            bar.update(task, advance=1, info=f"loss {loss_sum / seen:.4f}  {rate:,.0f} rows/s")
-    return {
-        "epoch": epoch + 1,
-        "train_loss": loss_sum / max(seen, 1),
-        "train_seconds": time.perf_counter() - t0,
-        "rows_per_s": seen / (time.perf_counter() - t0),
+        task = bar.add_task("train", total=s.steps_per_epoch, completed=s.pos.step_in_epoch, info="")
+        while not _stopped(s) and _step(s, next(stream)):
+            s.pos.seconds = done0 + time.perf_counter() - t0
+            if not s.dist.restart:  # crash tests kill the first attempt only (docs/distributed.md)
+                fault_point(f"rank{s.dist.rank}.step")
+            if spec.checkpoint_every_steps and s.pos.step % spec.checkpoint_every_steps == 0:
+                _save(s)
+            rate = s.pos.rows / max(s.pos.seconds, 1e-9)
+            bar.update(task, advance=1, info=f"loss {s.pos.loss_sum / s.pos.rows:.4f}  {rate:,.0f} rows/s")
+
+
+def _stopped(s: _Session) -> bool:
+    return s.cfg.train.max_steps is not None and s.pos.step >= s.cfg.train.max_steps
+
+
+def _save(s: _Session) -> None:
+    """A checkpoint of the run as it is now (every rank takes part: rank 0 writes, the others wait)."""
+    rngs = s.dist.gather(rng_states(s.device))
+    totals = s.dist.gather((s.pos.rows, s.pos.loss_sum))  # the epoch's rows and loss over all ranks so far
+    if s.dist.is_main:
+        position = s.pos.as_dict() | {"rows": sum(r for r, _ in totals), "loss_sum": sum(x for _, x in totals)}
+        s.store.save(
+            s.pos.step, s.cfg,
+            {MODEL_FILE: s.model.state_dict(), OPTIMIZER_FILE: optimizer_tensors(s.opt, s.model, rngs)},
+            extra={"train_state": position, "history": s.history, "metrics": s.metrics},
+        )
+    s.dist.barrier()
+
+
+def _end_epoch(s: _Session, console: Console) -> None:
+    """Evaluate (rank 0), log and checkpoint; the epoch counts as done unless `train.max_steps` cut it short
+    (so a resume with a larger max_steps trains the rest of it)."""
+    pos, done = s.pos, not _stopped(s)
+    ranks = s.dist.gather((pos.rows, pos.loss_sum))
+    rows, loss_sum = sum(r for r, _ in ranks), sum(loss for _, loss in ranks)
+    state: dict[str, Any] = {
+        "epoch": pos.epoch + 1, "train_loss": loss_sum / max(rows, 1), "rows": rows, "steps": pos.step,
+        "train_seconds": pos.seconds, "rows_per_s": rows / max(pos.seconds, 1e-9),
     }
-
-
-def _end_epoch(s: _Session, epoch_state: dict[str, Any], console: Console) -> dict[str, Any]:
-    """Evaluate, append the epoch to the history and checkpoint; returns the new manifest."""
-    metrics = evaluate(s.model, s.eval_b, s.device) if s.eval_b is not None else None
-    if metrics is not None:
-        epoch_state["eval_overall"] = {t: m.get("auc") for t, m in metrics["overall"].items()}
-    s.history.append(epoch_state)
-    epoch = epoch_state["epoch"]
-    manifest = write_checkpoint(
-        s.run_dir,
-        s.cfg,
-        {MODEL_FILE: s.model.state_dict(), OPTIMIZER_FILE: _optimizer_tensors(s.opt, s.model)},
-        extra={"train_state": {"epoch": epoch}, "history": s.history, "metrics": metrics},
-    )
-    console.print(f"epoch {epoch}: " + json.dumps({k: v for k, v in epoch_state.items() if k != "epoch"}))
-    return manifest
+    if s.dist.is_main and s.eval_dir is not None:
+        s.metrics = evaluate_split(s.model, s.eval_dir, s.device)
+        state["eval_overall"] = {t: m.get("auc") for t, m in s.metrics["overall"].items()}
+    s.history.append(state)
+    if done:
+        s.pos = Position(epoch=pos.epoch + 1, step=pos.step)
+    _save(s)
+    if s.dist.is_main:
+        console.print(f"epoch {state['epoch']}: " + json.dumps({k: v for k, v in state.items() if k != "epoch"}))
 
 
 def train(
@@ -258,15 +302,21 @@ def train(
     resume: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train on `data_dir/train`, evaluate on `data_dir/eval` after each epoch, checkpoint into `run_dir`.
 
-    Returns the last manifest (with `metrics` and `history`).
+    A non-empty `run_dir` is refused unless `resume` (continue its last checkpoint) or `overwrite`.
+    Returns the last checkpoint's manifest (with `metrics` and `history`), on every rank.
     """
     console = console or Console()
-    session = _setup(cfg, Path(data_dir), Path(run_dir), resume, console)
-    manifest: dict[str, Any] = {}
-    for epoch in range(session.start_epoch, cfg.train.epochs):
-        epoch_state = _train_epoch(session, epoch, console, show_progress)
-        manifest = _end_epoch(session, epoch_state, console)
+    s = _setup(cfg, Path(data_dir), Path(run_dir), resume, overwrite, console)
+    try:
+        while s.pos.epoch < cfg.train.epochs and not _stopped(s):
+            _train_epoch(s, console, show_progress)
+            _end_epoch(s, console)
+        latest = s.store.latest() if s.dist.is_main else None
+        manifest = s.dist.broadcast(read_manifest(latest) if latest is not None else {})
+    finally:
+        s.dist.close()
     return manifest
