@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-SUITE_CHOICES = ("embedding", "broadcast", "serving", "training", "floor", "all")
+SUITE_CHOICES = ("embedding", "broadcast", "serving", "training", "floor", "scale", "all")
 
 
 class BenchError(RuntimeError):
@@ -72,6 +72,13 @@ def headlines(result: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"{fast['p99_x_floor']:.1f}x of {fast['floor_ms']:.2f} ms", ""))
     if "training" in result:
         rows.append(("training throughput (simulated data)", f"{result['training']['rows_per_s']:,.0f} rows/s", ""))
+    if "scale" in result:
+        sc = result["scale"]
+        rates = ", ".join(f"{int(k):,}: {v:,.0f}" for k, v in sc["rows_per_s"].items())
+        rss = ", ".join(f"{int(k):,}: {v:,.0f}" for k, v in sc["peak_rss_mb"].items())
+        rows.append(("training rows/s by split rows", rates, "within 20%"))
+        rows.append(("training peak RSS MB by split rows", rss, "largest < 4096 and <= 1.5x the 1M"))
+        rows.append(("torchrun 2 processes vs 1 (1 thread each)", f"{sc['ddp']['speedup_2_vs_1']:.2f}x", ""))
     if "floor" in result:
         fp32 = result["floor"]["matmul"]["fp32"]
         rows.append(("matmul rate fp32 (peak)", f"{fp32['gflops_peak']:.0f} GFLOP/s", ""))

@@ -13,7 +13,9 @@ from unictr.config import load_config
 
 @app.command("bench")
 def bench_cmd(
-    suite: str = typer.Option("all", help="embedding, broadcast, serving, training, floor or all."),
+    suite: str = typer.Option(
+        "all", help="embedding, broadcast, serving, training, floor, all (those five), or scale (alone: minutes)."
+    ),
     out: Path | None = typer.Option(None, help="Write the results as JSON here."),
     quick: bool = typer.Option(False, help="Tiny sizes and few repeats: checks that the suites run, measures little."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
