@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from tests.fixtures import small_config, train_small_run
 from unictr.calibration.fit import fit_scoped
 from unictr.calibration.job import calibrate_run, split_by_time
-from unictr.checkpoint import MANIFEST, load_model, sha256_file
+from unictr.checkpoint import MANIFEST, current_dir, load_model, sha256_file
 from unictr.cli import app
 from unictr.data.reader import load_split, load_surface_split
 from unictr.export.artifact import load_export
@@ -142,9 +142,9 @@ def test_calibrate_round_trip(small_run, calibrated, method: str) -> None:
 def test_calibrate_leaves_source_and_refits_from_pre_posthoc_logits(small_run, calibrated, tmp_path) -> None:
     """The source run is untouched, and calibrating a calibrated run replaces its fit instead of stacking one."""
     _, data, run = small_run
-    before = sha256_file(run / MANIFEST)
+    before = sha256_file(current_dir(run) / MANIFEST)
     calibrate_run(calibrated["platt"], data, tmp_path / "again", "platt", split="train", min_rows=5)
-    assert sha256_file(run / MANIFEST) == before
+    assert sha256_file(current_dir(run) / MANIFEST) == before
     once, _ = load_model(calibrated["platt"])
     twice, _ = load_model(tmp_path / "again")
     for name in ("a", "b"):

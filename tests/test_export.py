@@ -77,7 +77,7 @@ def test_export_parity_per_surface(small_run, unified_eval, tmp_path, surface) -
     applies = [t.name for t in cfg.tasks if t.surfaces is None or surface in t.surfaces]
     assert manifest["surface"] == surface and manifest["tasks"] == applies
     assert set(manifest["files"]) == {MODEL_FILE, ONNX_FILE, ONNX_ONE_USER_FILE}
-    assert manifest["source_run"]["manifest_sha256"] == sha256_file(run / MANIFEST)
+    assert manifest["source_run"]["manifest_sha256"] == sha256_file(current_dir(run) / MANIFEST)
     assert manifest["metrics"]["click"]["n"] > 0 and "onnx" in manifest["versions"]
     assert manifest["calibration"]["keys"] == next(s.view_types for s in cfg.surfaces if s.name == surface)
 

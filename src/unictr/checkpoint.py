@@ -54,8 +54,9 @@ def fault_point(stage: str) -> None:
 
     Stages: `mid_file` (half of a safetensors file written), `after_tensors` (a checkpoint's tensor files
     written, its manifest not), `before_pointer` (a step directory in place, LATEST not yet replaced),
-    `after_pointer` (LATEST replaced, older checkpoints not yet pruned), `step` (the training loop, after
-    an optimizer step). The crash tests in tests/test_checkpoints.py use it.
+    `after_pointer` (LATEST replaced, older checkpoints not yet pruned), `rank<R>.step` (rank R's training
+    loop after an optimizer step; only in torchrun's first attempt, so an elastic restart is not killed
+    again). The crash tests in tests/test_checkpoints.py, test_resume.py and test_torchrun.py use it.
     """
     want = os.environ.get(FAULT_ENV)
     if not want or want.partition(":")[0] != stage:
