@@ -1,4 +1,5 @@
-"""The `mean_pool` user-sequence encoder: an ablation baseline without attention between events."""
+"""The `mean_pool` user-sequence encoder: no attention between events. An ablation baseline, and
+`configs/kuairand.yaml`'s encoder (as good as the Transformer there, 2x faster to train; docs/results.md)."""
 
 from __future__ import annotations
 
