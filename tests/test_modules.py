@@ -11,7 +11,7 @@ from unictr.config import SequenceModelSpec
 from unictr.modules.broadcast import BroadcastLinear
 from unictr.modules.calibration import LogitCalibration
 from unictr.modules.dcn import DCNv2Projection
-from unictr.modules.embedding import FusedEmbedding, RowwiseAdagrad
+from unictr.modules.embedding import FusedEmbedding, RowwiseAdagrad, dense_lookup
 from unictr.modules.mmoe import MMoE
 from unictr.modules.native import kernel as native_kernel
 from unictr.modules.sequence import TargetAttention, TransformerEncoder, random_window_mask, time_bucket
@@ -47,6 +47,22 @@ def test_fused_embedding_dense_gradient_is_torchs_bit_for_bit() -> None:
     assert torch.equal(emb.weight.grad, torch.ops.aten.embedding_dense_backward(grad, rows, 320, -1, False))
     with torch.no_grad():
         torch.testing.assert_close(emb(rows), emb.weight[rows], rtol=0, atol=0)
+
+
+def test_dense_lookup_of_any_shape_is_torchs_embedding_bit_for_bit() -> None:
+    """The sequence's action and age tables: `[U, L]` ids into a few rows, forward and weight gradient
+    exactly F.embedding's (the encoders use it for speed; their training must not move)."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, 7, (50, 64))
+    grad = torch.randn(50, 64, 8)
+    grads = []
+    for lookup in (dense_lookup, lambda w, i: F.embedding(i, w)):
+        w = torch.randn(7, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        out = lookup(w, ids)
+        assert out.shape == (50, 64, 8)
+        out.backward(grad)
+        grads.append((out.detach(), w.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
 
 
 def test_time_buckets_monotone_and_clamped() -> None:

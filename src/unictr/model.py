@@ -15,7 +15,7 @@ from unictr.data.batch import Batch, Schema
 from unictr.modules.broadcast import rows_of_users
 from unictr.modules.calibration import LogitCalibration, PosthocCalibration
 from unictr.modules.dcn import DCNv2Projection
-from unictr.modules.embedding import FusedEmbedding
+from unictr.modules.embedding import FusedEmbedding, dense_lookup
 from unictr.modules.encoders import build_sequence_encoder
 from unictr.modules.interaction import DotInteraction
 from unictr.modules.mmoe import MMoE
@@ -179,7 +179,8 @@ class UnifiedCTR(nn.Module):
         z = self.projection(experts.flatten(1))
 
         # 5. Per-surface towers with late fusion (tower features + view type).
-        late = self.view_embedding(b.view_key)[:, None]  # the view type, after the tower features if any
+        # the view type, after the tower features if any
+        late = dense_lookup(self.view_embedding.weight, b.view_key)[:, None]
         if self.tower_index.numel():
             late = torch.cat([cand_emb.index_select(1, self.tower_index), late], dim=1)
         logits = self.towers(z, late, b.surface)

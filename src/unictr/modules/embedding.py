@@ -23,6 +23,14 @@ def _lookup(weight: Tensor, rows: Tensor, bag_offsets: Tensor | None = None, spa
     return F.embedding_bag(rows, weight, bag_offsets, mode="sum", sparse=sparse)
 
 
+def dense_lookup(weight: Tensor, ids: Tensor) -> Tensor:
+    """`F.embedding(ids, weight)` for ids of any shape, its CPU weight gradient by `_DenseLookup`: bit for bit
+    the same, without torch's sort of the ids (the sequence's action and age tables see U·L ids a step)."""
+    if ids.dim() == 1:
+        return _lookup(weight, ids)
+    return _lookup(weight, ids.flatten()).view(*ids.shape, weight.shape[1])
+
+
 class _DenseLookup(torch.autograd.Function):
     """`F.embedding` of `[n]` rows whose weight gradient is one `index_add_` into a zero table: on the CPU
     the same sums in the same order as torch's `embedding_dense_backward`, bit for bit, and faster (that

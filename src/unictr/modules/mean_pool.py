@@ -1,4 +1,5 @@
-"""The `mean_pool` user-sequence encoder: an ablation baseline without attention between events."""
+"""The `mean_pool` user-sequence encoder: no attention between events. An ablation baseline, and
+`configs/kuairand.yaml`'s encoder (as good as the Transformer there, 2x faster to train; docs/results.md)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from unictr.config import SequenceModelSpec
+from unictr.modules.embedding import dense_lookup
 from unictr.modules.sequence import random_window_mask, time_bucket
 
 
@@ -32,7 +34,8 @@ class MeanPoolEncoder(nn.Module):
         if self.training and self.window_mask_prob > 0:
             mask = random_window_mask(age_s, mask, self.window_mask_prob, self.window_max_seconds)
         u = item.shape[0]
-        x = (item + self.action(action) + self.age(time_bucket(age_s, self.time_buckets))) * mask[..., None]
+        age = dense_lookup(self.age.weight, time_bucket(age_s, self.time_buckets))
+        x = (item + dense_lookup(self.action.weight, action) + age) * mask[..., None]
         mean = x.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # a user with no events: zeros
         tokens = torch.cat([self.start.expand(u, 1, -1), x], dim=1)
         return tokens, torch.cat([mask.new_ones(u, 1), mask], dim=1), mean

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from unictr.config import SequenceModelSpec
 from unictr.modules.broadcast import one_user
+from unictr.modules.embedding import dense_lookup
 
 
 def time_bucket(age_s: Tensor, buckets: int) -> Tensor:
@@ -87,7 +88,8 @@ class TransformerEncoder(nn.Module):
         if self.training and self.window_mask_prob > 0:
             mask = random_window_mask(age_s, mask, self.window_mask_prob, self.window_max_seconds)
         u = item.shape[0]
-        x = item + self.action(action) + self.age(time_bucket(age_s, self.time_buckets))
+        age = dense_lookup(self.age.weight, time_bucket(age_s, self.time_buckets))
+        x = item + dense_lookup(self.action.weight, action) + age
         x = torch.cat([self.start.expand(u, 1, -1), x * mask[..., None]], dim=1)
         mask = torch.cat([mask.new_ones(u, 1), mask], dim=1)
         for block in self.blocks:
