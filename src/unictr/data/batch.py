@@ -167,6 +167,22 @@ class Batch:
         rows = rows[torch.argsort(new_pos[self.user_index[rows]], stable=True)]
         return self._take(users, rows, new_pos[self.user_index[rows]])
 
+    def slice_users(self, start: int, end: int) -> Batch:
+        """Users `start:end` and their rows, as views: for a batch whose rows are grouped by user in user
+        order (`user_index` non-decreasing, as `take_users` leaves them), where a minibatch is a slice."""
+        ui = self.user_index
+        first, last = torch.searchsorted(ui, torch.tensor([start, end], device=ui.device)).tolist()
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "user_index":
+                out[f.name] = v[first:last] - start
+            elif v is not None:
+                out[f.name] = v[start:end] if f.name in USER_FIELDS else v[first:last]
+            else:
+                out[f.name] = None
+        return Batch(**out)
+
     def broadcast_users(self) -> Batch:
         """The same batch with the user side repeated once per row (U == N), for equivalence checks."""
         ui = self.user_index

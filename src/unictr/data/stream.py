@@ -224,21 +224,32 @@ class MinibatchStream:
     until none); the rest waits for the next fill. Iterating again gives the same minibatches. At most
     `buffer_rows` rows plus one unit's are held (`peak_rows` records the most); a buffer as large as
     the split makes one permutation of all its requests. The request rules are checked per unit; a
-    caller wanting them across a file's row groups too runs `check_file_requests` on it once.
+    caller wanting them across a file's row groups too runs `check_file_requests` on it once. `cache`,
+    when given, keeps each unit once read (the trainer passes one when the whole split fits the buffer
+    budget, so later epochs decode nothing).
     """
 
     def __init__(
-        self, units: list[Unit], schema: Schema, keys: DataSpec, batch_rows: int, buffer_rows: int, seed: int
+        self, units: list[Unit], schema: Schema, keys: DataSpec, batch_rows: int, buffer_rows: int, seed: int,
+        cache: dict[Unit, Batch | None] | None = None,
     ) -> None:
         self.units, self.schema, self.keys = units, schema, keys
         self.batch_rows, self.buffer_rows, self.seed = batch_rows, buffer_rows, seed
+        self.cache = cache
         self.peak_rows = 0
+
+    def _read(self, unit: Unit) -> Batch | None:
+        if self.cache is None:
+            return read_unit(unit, self.schema, self.keys)
+        if unit not in self.cache:
+            self.cache[unit] = read_unit(unit, self.schema, self.keys)
+        return self.cache[unit]
 
     def __iter__(self) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(self.seed)
         held: list[Batch] = []
         for unit in self.units:
-            b = read_unit(unit, self.schema, self.keys)
+            b = self._read(unit)
             if b is not None:
                 held.append(b)
             rows = sum(h.num_rows for h in held)
@@ -252,13 +263,13 @@ class MinibatchStream:
     def _drain(self, b: Batch, generator: torch.Generator, keep_below: int) -> Iterator[Batch]:
         """Emit minibatches of `b`'s permuted requests while at least `keep_below` rows remain; return
         the remaining requests."""
-        order = torch.randperm(b.num_users, generator=generator)
-        counts = torch.bincount(b.user_index, minlength=b.num_users)[order]
+        b = b.take_users(torch.randperm(b.num_users, generator=generator))  # one gather; rows grouped by user
+        counts = torch.bincount(b.user_index, minlength=b.num_users)
         left, start = b.num_rows, 0
         for end in chunk_ends(counts, self.batch_rows):
             if left < keep_below:
                 break
-            yield b.take_users(order[start:end])
+            yield b.slice_users(start, end)
             left -= int(counts[start:end].sum())
             start = end
-        return b.take_users(order[start:])  # the rest (maybe no one)
+        return b.slice_users(start, b.num_users)  # the rest (maybe no one)

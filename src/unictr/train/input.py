@@ -33,9 +33,15 @@ def stream_count(spec: TrainSpec, units: list[Unit], world: int) -> int:
     return streams
 
 
+def unit_cache(spec: TrainSpec, units: list[Unit]) -> dict[Unit, Batch | None] | None:
+    """A cache of decoded row groups when the whole split fits the shuffle buffers' budget (later epochs
+    then decode nothing), else None: a split larger than the budget is read again each epoch."""
+    return {} if sum(u.rows for u in units) <= spec.shuffle_buffer_rows else None
+
+
 def rank_input(
     units: list[Unit], schema: Schema, keys: DataSpec, spec: TrainSpec, global_batch: int, epoch: int,
-    rank: int, world: int,
+    rank: int, world: int, cache: dict[Unit, Batch | None] | None = None,
 ) -> Iterator[Batch | None]:
     """This rank's minibatch of each step of `epoch` (its streams' minibatches together), then None forever
     once its streams have run out (the other ranks may still have steps to take).
@@ -51,7 +57,7 @@ def rank_input(
         shard = epoch_shard(units, spec.seed, epoch, v, streams)
         rows = max(1, round(global_batch * sum(u.rows for u in shard) / total))
         seed = (spec.seed * 1_000_003 + epoch) * 1_009 + v
-        mine.append(iter(MinibatchStream(shard, schema, keys, rows, buffer, seed)))
+        mine.append(iter(MinibatchStream(shard, schema, keys, rows, buffer, seed, cache)))
     while True:
         parts = [b for b in (next(s, None) for s in mine) if b is not None]
         yield concat_batches(parts) if len(parts) > 1 else (parts[0] if parts else None)

@@ -34,7 +34,7 @@ from unictr.train import distributed
 from unictr.train.checkpoints import CheckpointStore
 from unictr.train.distributed import Dist
 from unictr.train.evaluate import evaluate_split
-from unictr.train.input import rank_input, stream_count
+from unictr.train.input import rank_input, stream_count, unit_cache
 from unictr.train.resume import prepare_run_dir, restore
 from unictr.train.state import OPTIMIZER_FILE, Position, optimizer_tensors, rng_states
 
@@ -142,6 +142,7 @@ class _Session:
     base_lrs: list[float] = field(default_factory=list)
     fused_base_lr: float = 0.0
     last: Batch | None = None  # this rank's latest minibatch (an idle rank steps along on it)
+    cache: dict[Unit, Batch | None] | None = None  # decoded row groups, when the split fits the buffer budget
 
     def set_lr(self, factor: float) -> None:
         """Scale every parameter group's LR (and the fused embedding optimizer's) from its base."""
@@ -181,6 +182,7 @@ def _setup(cfg: Config, data_dir: Path, run_dir: Path, resume: bool, overwrite: 
         eval_dir=data_dir / "eval" if (data_dir / "eval").exists() else None, model=model, net=model, opt=opt,
         weights=torch.tensor([t.weight for t in cfg.tasks], device=device), store=store, pos=Position(),
         global_batch=global_batch, steps_per_epoch=estimated_minibatches(units, global_batch),
+        cache=unit_cache(spec, units),
     )
     if d.world > 1:
         torch.manual_seed(spec.seed + 1_000_003 * d.rank)  # ranks draw their own masks and dropout
@@ -198,7 +200,8 @@ def _stream(s: _Session) -> Iterator[Batch | None]:
     """This rank's minibatches of the epoch in progress, from the position's step on (a resume replays and
     drops the ones already trained: the order is a pure function of the seed, the epoch and the stream)."""
     d = s.dist
-    steps = rank_input(s.units, s.schema, s.cfg.data, s.cfg.train, s.global_batch, s.pos.epoch, d.rank, d.world)
+    steps = rank_input(s.units, s.schema, s.cfg.data, s.cfg.train, s.global_batch, s.pos.epoch, d.rank, d.world,
+                       s.cache)
     for _ in range(s.pos.step_in_epoch):
         s.last = next(steps) or s.last
     return steps
