@@ -194,8 +194,9 @@ class TrainSpec(_Strict):
         "larger than this is never held whole."
     )
     checkpoint_every_steps: int | None = Field(
-        default=2000, ge=1, description="Optimizer steps between mid-epoch checkpoints (a few minutes of work on "
-        "2 CPU cores), besides the one at each epoch's end; a crash loses at most this much. null = epoch ends only."
+        default=2000, ge=1, description="Optimizer steps between mid-epoch checkpoints (1.5-2 minutes of the "
+        "example configs on 2 CPU cores), besides the one at each epoch's end; a crash loses at most this "
+        "much. null = epoch ends only."
     )
     keep_checkpoints: int = Field(default=3, ge=1, description="Complete checkpoints kept in RUN/checkpoints/.")
     max_steps: int | None = Field(
