@@ -7,6 +7,7 @@ model's hyper-parameters and the training loop. Every field is validated; a bad 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -182,12 +183,9 @@ class TrainSpec(_Strict):
         "or rank (each rank takes batch_size; the global batch grows with the world size, scale lr with it; "
         "docs/distributed.md)."
     )
-    data_shards: int = Field(
-        default=8, ge=1, description="Streams the training split is dealt into each epoch (its row groups, balanced "
-        "by rows; at most one per row group): every step takes batch_size / data_shards impressions from each. "
-        "Ranks host whole streams, so 1, 2, 4 or 8 processes train the same model (within float rounding); "
-        "at least the number of ranks (docs/distributed.md)."
-    )
+    data_shards: int = Field(default=8, ge=1, description="Streams the split's row groups are dealt into each "
+                             "epoch (at most one per row group); a step takes a minibatch from each. Ranks host "
+                             "whole streams, so 1 to 8 processes train the same model; at least the number of ranks.")
     shuffle_buffer_rows: int = Field(
         default=262_144, ge=1, description="Impressions held in the training streams' shuffle buffers together "
         "(whole requests; the row groups' order is shuffled per epoch too). Bounds the input's memory: a split "
@@ -386,7 +384,8 @@ def with_changes(cfg: Config, section: str, **changes: Any) -> Config:
     return config_from_dict(raw, f"<config with {section} {changes}>", placeholder_tasks=placeholders)
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> Config:
+    """The YAML config at `path` with `overrides` (`config_overrides`) applied, then validated as one."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -394,4 +393,8 @@ def load_config(path: str | Path) -> Config:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return config_from_dict(raw, str(path))
+    if not overrides or not isinstance(raw, dict):
+        return config_from_dict(raw, str(path))
+    from unictr.config_overrides import apply_overrides  # the command line's concern, kept out of the models
+
+    return config_from_dict(apply_overrides(raw, overrides), f"{path} with --set {' --set '.join(overrides)}")

@@ -74,6 +74,22 @@ console = Console()
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "sim.yaml"
 
 
+def set_option() -> Any:
+    """`--set SECTION.KEY=VALUE` (repeatable): change the config without copying the YAML."""
+    return typer.Option([], "--set", help="Change a config key, validated like the YAML's own: --set train.epochs=1 "
+                        "(repeat for more; docs/config.md lists the keys).")
+
+
+def threads_option() -> Any:
+    return typer.Option(None, "--threads", min=1, help="torch intra-op threads (train.threads): 1 when other "
+                        "jobs share the cores (docs/performance.md, Threads).")
+
+
+def overrides(sets: list[str], threads: int | None) -> list[str]:
+    """The `--set` items, with `--threads N` as `train.threads=N` last (it wins over a --set of the same key)."""
+    return [*sets, *([f"train.threads={threads}"] if threads else [])]
+
+
 @app.callback()
 def global_options(
     debug: bool = typer.Option(

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from unictr.cli.common import app, console, experiment_app, fail, write_json
+from unictr.cli.common import app, console, experiment_app, fail, overrides, set_option, threads_option, write_json
 from unictr.config import load_config
 
 
@@ -48,13 +48,15 @@ def experiment_unify(
     ),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC-difference intervals."),
     keep_runs: bool = typer.Option(False, help="Keep every model's checkpoint under OUT/runs."),
+    sets: list[str] = set_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Unified vs one model per surface vs one shared tower vs LightGBM (and ablations), same data and budget."""
     import shlex
 
     from unictr.experiment.run import run_experiment
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides(sets, threads))
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
     except ValueError:
@@ -64,7 +66,7 @@ def experiment_unify(
         cfg, data, out, seeds=seed_list, arms=arm_list, n_boot=bootstrap, keep_runs=keep_runs,
         command=shlex.join(["unictr", "experiment", "unify", "--config", str(config), "--data", str(data),
                             "--out", str(out), "--seeds", seeds, "--arms", arms, "--bootstrap", str(bootstrap)]
-                           + ["--keep-runs"] * keep_runs),
+                           + ["--keep-runs"] * keep_runs + [f"--set={o}" for o in overrides(sets, threads)]),
         console=console, show_progress=True,
     )
     task = cfg.task_names[0]

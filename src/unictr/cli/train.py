@@ -10,7 +10,17 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from unictr.cli.common import DEFAULT_CONFIG, app, console, data_app, fail, write_json
+from unictr.cli.common import (
+    DEFAULT_CONFIG,
+    app,
+    console,
+    data_app,
+    fail,
+    overrides,
+    set_option,
+    threads_option,
+    write_json,
+)
 from unictr.config import load_config
 
 
@@ -66,12 +76,14 @@ def train_cmd(
     out: Path = typer.Option(..., help="Run directory (checkpoints/ and the current checkpoint's manifest)."),
     resume: bool = typer.Option(False, help="Continue from the run directory's last complete checkpoint."),
     overwrite: bool = typer.Option(False, help="Replace the run in a non-empty run directory."),
+    sets: list[str] = set_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Train the unified model; under `torchrun --nproc-per-node N -m unictr train ...`, on N ranks
     (docs/distributed.md)."""
     from unictr.train.loop import train
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides(sets, threads))
     manifest = train(cfg, data, out, resume=resume, overwrite=overwrite, console=console)
     if os.environ.get("RANK", "0") == "0":
         step = manifest.get("train_state", {}).get("step")
@@ -85,9 +97,10 @@ def eval_cmd(
     out: Path = typer.Option(Path("metrics.json"), help="Where to write metrics.json."),
     split: str = typer.Option("eval", help="Split sub-directory to read."),
     plots: Path | None = typer.Option(None, help="Also write one reliability-diagram PNG per surface here."),
+    threads: int | None = threads_option(),
 ) -> None:
     """Evaluate a run per surface × task; write metrics.json and print the table."""
-    metrics = evaluate_run(run, data, split, plots)
+    metrics = evaluate_run(run, data, split, plots, threads)
     write_json(out, metrics)
     print_metrics(metrics)
     console.print(f"metrics: {out}" + (f"\nreliability diagrams: {plots}" if plots else ""))
@@ -99,13 +112,15 @@ def quickstart(
     rows: int = typer.Option(1_000_000, help="Impressions to simulate."),
     config: Path = typer.Option(DEFAULT_CONFIG, help="YAML config."),
     seed: int = typer.Option(0, help="Simulator seed."),
+    sets: list[str] = set_option(),
+    threads: int | None = threads_option(),
 ) -> None:
     """Simulate → train → evaluate, then print the per-surface table and the paths."""
     from unictr.data.simulate import simulate
     from unictr.export.job import export_all_surfaces
     from unictr.train.loop import train
 
-    cfg = load_config(config)
+    cfg = load_config(config, overrides(sets, threads))
     t0 = time.perf_counter()
     data_dir, run_dir = out / "data", out / "run"
     simulate(rows=rows, seed=seed, out=data_dir)
@@ -121,13 +136,17 @@ def quickstart(
     console.print(f"total {time.perf_counter() - t0:.0f}s")
 
 
-def evaluate_run(run: Path, data: Path, split: str = "eval", plots: Path | None = None) -> dict[str, Any]:
+def evaluate_run(
+    run: Path, data: Path, split: str = "eval", plots: Path | None = None, threads: int | None = None
+) -> dict[str, Any]:
+    """metrics.json of the run's current checkpoint on `data/split` (on the CPU, with the run's threads or
+    `threads`)."""
     from unictr.checkpoint import load_model
     from unictr.train.evaluate import evaluate_split
     from unictr.train.loop import setup_runtime
 
     model, _ = load_model(run)
-    setup_runtime(model.cfg.train.model_copy(update={"device": "cpu"}))
+    setup_runtime(model.cfg.train.model_copy(update={"device": "cpu", **({"threads": threads} if threads else {})}))
     split_dir = data / split if (data / split).is_dir() else data
     return evaluate_split(model, split_dir, plots=plots)
 
