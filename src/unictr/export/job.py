@@ -23,6 +23,7 @@ from unictr.export.onnx import export_onnx
 from unictr.export.probe import probe_batch
 from unictr.export.prune import prune_model, to_surface_batch
 from unictr.model import UnifiedCTR, probabilities
+from unictr.optional import require
 
 PARITY_ATOL = 1e-5  # unified vs exported, fp32 probabilities
 
@@ -38,6 +39,10 @@ def export_surface(
     """
     if fmt not in ("safetensors", "onnx"):
         raise ExportError(f"format must be 'safetensors' or 'onnx', got {fmt!r}")
+    if fmt == "onnx":  # before any work: a missing package is one line, not a traceback after the checks
+        onnx = require("onnx", "onnx", "export --format onnx")
+        onnxruntime = require("onnxruntime", "onnx", "export --format onnx")
+        require("onnxscript", "onnx", "export --format onnx")  # torch's dynamo exporter
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_replaceable(out_dir)
     full, run_manifest = load_model(run_dir)
@@ -54,9 +59,6 @@ def export_surface(
         parity: dict[str, Any] = {"probe_rows": probe.num_rows, "max_abs_diff": diff}
         lib = versions()
         if fmt == "onnx":
-            import onnx
-            import onnxruntime
-
             files, parity = _write_onnx(model, full.schema, surface, tmp, probe_s, files, parity)
             lib |= {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
         manifest = build_manifest(model, surface, run_dir, run_manifest, files, parity, lib)

@@ -14,6 +14,7 @@ import torch
 from unictr.data.batch import MODEL_INPUTS, Batch
 from unictr.export.probe import probe_batch
 from unictr.model import UnifiedCTR, probabilities
+from unictr.optional import require
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,7 @@ def _onnx_runner(
         raise ValueError("the onnx backend runs in fp32 on the CPU (no bf16, no device)")
     if onnx_path is None:
         raise ValueError("the onnx backend needs onnx_path (the export's model.onnx)")
-    import onnxruntime as ort
-
+    ort = require("onnxruntime", "onnx", "the onnx backend")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch's pool
     general = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
