@@ -9,6 +9,7 @@ each in turn on the same minibatch, so they see the same data and the same machi
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from unictr.data.reader import load_split
 from unictr.model import UnifiedCTR, masked_bce
 from unictr.train.loop import make_optimizer, request_minibatches, train_step
 
-KUAIRAND = fixtures.ROOT.parent / "shared" / "data" / "kuairand"
+# the KuaiRand-Pure files: $UNICTR_KUAIRAND_DIR, else ../shared/data/kuairand beside the checkout
+KUAIRAND = Path(os.environ.get("UNICTR_KUAIRAND_DIR") or fixtures.ROOT.parent / "shared" / "data" / "kuairand")
 KUAIRAND_CONFIG = fixtures.ROOT / "configs" / "kuairand.yaml"
 KUAIRAND_EVAL_FROM = "2022-04-29"
 
@@ -103,7 +105,7 @@ def kuairand(ctx: Context) -> dict[str, Any]:
     files = ["log_standard_4_25_to_4_30_pure.csv", "user_features_pure.csv", "video_features_basic_pure.csv",
              "history_before_4_25.parquet"]
     if not all((KUAIRAND / f).is_file() for f in files):
-        return {"skipped": f"{KUAIRAND}: the KuaiRand slice is not there"}
+        return {"skipped": f"{KUAIRAND}: the KuaiRand slice is not there (set UNICTR_KUAIRAND_DIR)"}
     if ctx.quick:
         return {"skipped": "--quick (converting the slice takes longer than the quick budget)"}
     cfg = load_config(KUAIRAND_CONFIG)

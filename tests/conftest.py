@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,31 @@ import pytest
 from unictr.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-KUAIRAND = ROOT.parent / "shared" / "data" / "kuairand"
+KUAIRAND_ENV = "UNICTR_KUAIRAND_DIR"  # or `pytest --kuairand-dir DIR`
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--kuairand-dir", default=None, help=f"Directory of the KuaiRand-Pure files (sets {KUAIRAND_ENV}; "
+                     "default ../shared/data/kuairand beside the checkout). Tests that need it skip without it.")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--kuairand-dir"):
+        os.environ[KUAIRAND_ENV] = str(Path(config.getoption("--kuairand-dir")).resolve())
+
+
+def kuairand_dir() -> Path:
+    """Where the KuaiRand-Pure files are: $UNICTR_KUAIRAND_DIR, else ../shared/data/kuairand beside the checkout."""
+    return Path(os.environ.get(KUAIRAND_ENV) or ROOT.parent / "shared" / "data" / "kuairand")
+
+
+def kuairand_missing(files: tuple[Path, ...]) -> str | None:
+    """Why KuaiRand tests skip (which file is missing and how to point at the data), or None when all are there."""
+    missing = [p for p in files if not p.is_file()]
+    if not missing:
+        return None
+    return (f"KuaiRand-Pure file {missing[0]} not found; point {KUAIRAND_ENV} (or pytest --kuairand-dir) at the "
+            "directory holding the KuaiRand-Pure files (README, Data)")
 
 
 @pytest.fixture(scope="session")

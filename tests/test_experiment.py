@@ -26,14 +26,16 @@ from unictr.export.prune import prune_config
 from unictr.metrics import bootstrap_auc_diff
 from unictr.train.evaluate import predict
 
-from .conftest import KUAIRAND, ROOT
+from .conftest import ROOT, kuairand_dir, kuairand_missing
 
+KUAIRAND = kuairand_dir()
 LOG = KUAIRAND / "log_standard_4_25_to_4_30_pure.csv"
 USERS = KUAIRAND / "user_features_pure.csv"
 VIDEOS = KUAIRAND / "video_features_basic_pure.csv"
 HISTORY = KUAIRAND / "history_before_4_25.parquet"
-HAVE_DATA = all(p.is_file() for p in (LOG, USERS, VIDEOS, HISTORY))
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason=f"KuaiRand slice not found at {KUAIRAND}")
+MISSING = kuairand_missing((LOG, USERS, VIDEOS, HISTORY))
+HAVE_DATA = MISSING is None
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason=MISSING or "")
 SURFACES = ["tab1", "tab0", "tab4", "tab6", "tab2", "other"]
 TASKS = ["is_click", "long_view", "is_like"]
 runner = CliRunner()
@@ -83,7 +85,7 @@ def _convert(out: Path, eval_from: str, *logs: Path) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     if not HAVE_DATA:
-        pytest.skip(f"KuaiRand slice not found at {KUAIRAND}")
+        pytest.skip(MISSING or "")
     root = tmp_path_factory.mktemp("unify")
     log = _sample_log(root / "log.csv", step=25)
     cfg_path = root / "tiny.yaml"

@@ -1,4 +1,4 @@
-"""KuaiRand-Pure adapter on the real slice in ../shared/data/kuairand (skipped when absent)."""
+"""KuaiRand-Pure adapter on the real slice (tests.conftest.kuairand_dir; skipped, saying why, when absent)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import kuairand_dir, kuairand_missing
 from unictr.config import load_config
 from unictr.data.errors import DataError
 from unictr.data.kuairand import convert_kuairand
 from unictr.data.kuairand.schema import NUM_ACTIONS
 
 ROOT = Path(__file__).parents[1]
-DATA = (ROOT / ".." / "shared" / "data" / "kuairand").resolve()
+DATA = kuairand_dir()
 LOG = DATA / "log_standard_4_25_to_4_30_pure.csv"
 USERS = DATA / "user_features_pure.csv"
 VIDEOS = DATA / "video_features_basic_pure.csv"
@@ -27,10 +28,8 @@ EVAL_FROM = "2022-04-29"
 MAX_LEN = 64
 SURFACE_OF_TAB = {1: "tab1", 0: "tab0", 4: "tab4", 6: "tab6", 2: "tab2"}
 
-needs_data = pytest.mark.skipif(
-    not all(p.is_file() for p in (LOG, USERS, VIDEOS, HISTORY)),
-    reason=f"KuaiRand slice not found at ../shared/data/kuairand ({DATA})",
-)
+MISSING = kuairand_missing((LOG, USERS, VIDEOS, HISTORY))
+needs_data = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 USER_FEATURES = {
     "user_active_degree", "is_lowactive_period", "is_live_streamer", "is_video_author",
@@ -62,8 +61,8 @@ POST_IMPRESSION = {
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-    if not DATA.is_dir() or not all(p.is_file() for p in (LOG, USERS, VIDEOS, HISTORY)):
-        pytest.skip(f"KuaiRand slice not found at ../shared/data/kuairand ({DATA})")
+    if MISSING:
+        pytest.skip(MISSING or "")
     out = tmp_path_factory.mktemp("kuairand")
     meta = convert_kuairand([LOG], USERS, VIDEOS, HISTORY, EVAL_FROM, out, max_seq_len=MAX_LEN)
     train = pq.read_table(out / "train" / "part-00000.parquet")
@@ -74,7 +73,7 @@ def converted(tmp_path_factory):
 @pytest.fixture(scope="module")
 def raw_all():
     if not LOG.is_file():
-        pytest.skip(f"KuaiRand slice not found at ../shared/data/kuairand ({DATA})")
+        pytest.skip(MISSING or "")
     with LOG.open(newline="") as f:
         return [{k: int(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
