@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer.core import TyperGroup
 
 from unictr.bench import BenchError
@@ -72,6 +73,19 @@ app.add_typer(experiment_app, name="experiment")
 console = Console()
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "sim.yaml"
+
+
+def print_table(table: Table) -> None:
+    """Print `table` whole: never cut to "…". On a terminal, cells wrap within its width; elsewhere (a log
+    file, a pipe) the table gets the width it needs, so each row stays one line."""
+    for column in table.columns:
+        column.overflow = "fold"
+    if console.is_terminal:
+        console.print(table)
+    else:
+        natural = console.measure(table, options=console.options.update_width(100_000)).maximum
+        wide = Console(file=console.file, width=max(console.width, natural), no_color=True)
+        wide.print(table)
 
 
 def set_option() -> Any:

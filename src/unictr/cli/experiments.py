@@ -7,7 +7,17 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from unictr.cli.common import app, console, experiment_app, fail, overrides, set_option, threads_option, write_json
+from unictr.cli.common import (
+    app,
+    console,
+    experiment_app,
+    fail,
+    overrides,
+    print_table,
+    set_option,
+    threads_option,
+    write_json,
+)
 from unictr.config import load_config
 
 
@@ -30,7 +40,7 @@ def bench_cmd(
         table.add_column(col)
     for row in headlines(result):
         table.add_row(*row)
-    console.print(table)
+    print_table(table)
     if out is not None:
         write_json(out, result)
         console.print(f"results: {out}")
@@ -78,5 +88,5 @@ def experiment_unify(
         aucs = [r["overall"][task]["auc"], *(r["surfaces"][s].get(task, {}).get("auc") for s in cfg.surface_names)]
         table.add_row(arm, *("-" if v is None else f"{v:.4f}" for v in aucs), f"{r['train_seconds']:.0f}",
                       f"{r['params']:,}")
-    console.print(table)
+    print_table(table)
     console.print(f"report: {out / 'report.md'}")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from unictr.cli.common import app, console, fail, registry_app
+from unictr.cli.common import app, console, fail, print_table, registry_app
 from unictr.config import ServeSpec
 
 
@@ -123,7 +123,7 @@ def registry_promote(
         table.add_column(col)
     for c in report.checks:
         table.add_row(c["name"], "[green]yes[/green]" if c["passed"] else "[red]no[/red]", c["detail"])
-    console.print(table)
+    print_table(table)
     console.print(f"report: {report.path}")
     if not report.promoted:
         fail(f"{surface}: {report.candidate} not promoted (gate failed; --force overrides)")
@@ -152,7 +152,7 @@ def registry_list(registry: Path = typer.Option(..., help="Registry directory.")
     for r, integrity in rows:
         table.add_row(r["surface"], r["version"], r["role"], escape(integrity), r.get("published_at", "-"),
                       ",".join(r.get("tasks") or []), str(r.get("source_run") or "-"))
-    console.print(table)
+    print_table(table)
 
 
 def _registry_call(op: Any, registry: Path) -> Any:

@@ -17,6 +17,7 @@ from unictr.cli.common import (
     data_app,
     fail,
     overrides,
+    print_table,
     set_option,
     threads_option,
     write_json,
@@ -166,7 +167,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
             s, t, f"{m['n']:,}", fmt(m.get("auc")), fmt(m.get("oracle_auc")), fmt(m.get("logloss")),
             fmt(m.get("oracle_logloss")), fmt(m.get("ne")), fmt(m.get("calibration_ratio"), ".3f"),
         )
-    console.print(table)
+    print_table(table)
 
 
 @app.command("calibrate")
@@ -194,5 +195,5 @@ def calibrate_cmd(
         for key, r in keys.items():
             used = f"[yellow]{r['used']} (fallback)[/yellow]" if r["fell_back"] else r["used"]
             table.add_row(task, key, f"{r['rows']:,}", used)
-    console.print(table)
+    print_table(table)
     console.print(f"calibrated run: {out} ({time.perf_counter() - t0:.0f}s)")

@@ -11,7 +11,6 @@ states, so it ends with the weights an uninterrupted run would have.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from unictr.train import distributed
 from unictr.train.checkpoints import CheckpointStore
 from unictr.train.distributed import Dist
 from unictr.train.evaluate import evaluate_split
+from unictr.train.events import EVERY_STEPS, EventLog
 from unictr.train.input import rank_input, stream_count, unit_cache
 from unictr.train.resume import prepare_run_dir, restore
 from unictr.train.state import OPTIMIZER_FILE, Position, optimizer_tensors, rng_states
@@ -143,6 +143,7 @@ class _Session:
     fused_base_lr: float = 0.0
     last: Batch | None = None  # this rank's latest minibatch (an idle rank steps along on it)
     cache: dict[Unit, Batch | None] | None = None  # decoded row groups, when the split fits the buffer budget
+    events: EventLog | None = None
 
     def set_lr(self, factor: float) -> None:
         """Scale every parameter group's LR (and the fused embedding optimizer's) from its base."""
@@ -190,6 +191,7 @@ def _setup(cfg: Config, data_dir: Path, run_dir: Path, resume: bool, overwrite: 
         s.pos, s.history, s.metrics, where = restore(cfg, run_dir, model, opt, s.steps_per_epoch, d, device)
         if d.is_main:
             console.print(f"resumed {where} at epoch {s.pos.epoch + 1}, step {s.pos.step}", soft_wrap=True)
+    s.events = EventLog(run_dir, d.is_main, s.pos.step if resume else None)
     s.net = distributed.wrap(model, d)
     s.base_lrs = [g["lr"] for g in opt.param_groups]
     s.fused_base_lr = model.embedding.fused_update.lr if model.embedding.fused_update is not None else 0.0
@@ -253,6 +255,9 @@ def _train_epoch(s: _Session, console: Console, show_progress: bool) -> None:
             s.pos.seconds = done0 + time.perf_counter() - t0
             if not s.dist.restart:  # crash tests kill the first attempt only (docs/distributed.md)
                 fault_point(f"rank{s.dist.rank}.step")
+            if s.pos.step % EVERY_STEPS == 0:
+                s.events.write("step", epoch=s.pos.epoch + 1, step=s.pos.step, loss=s.pos.loss_sum / s.pos.rows,
+                               lr=s.opt.param_groups[-1]["lr"], rows_per_s=s.pos.rows / max(s.pos.seconds, 1e-9))
             if spec.checkpoint_every_steps and s.pos.step % spec.checkpoint_every_steps == 0:
                 _save(s)
             rate = s.pos.rows / max(s.pos.seconds, 1e-9)
@@ -295,7 +300,11 @@ def _end_epoch(s: _Session, console: Console) -> None:
         s.pos = Position(epoch=pos.epoch + 1, step=pos.step)
     _save(s)
     if s.dist.is_main:
-        console.print(f"epoch {state['epoch']}: " + json.dumps({k: v for k, v in state.items() if k != "epoch"}))
+        s.events.write("epoch", step=pos.step, **state)
+        aucs = "  ".join(f"{t} {a:.4f}" for t, a in state.get("eval_overall", {}).items() if a is not None)
+        console.print(f"epoch {state['epoch']}/{s.cfg.train.epochs}: loss {state['train_loss']:.4f}  "
+                      f"{rows:,} rows in {pos.seconds:.1f} s ({state['rows_per_s']:,.0f}/s)"
+                      + (f"  eval AUC {aucs}" if aucs else ""), soft_wrap=True)
 
 
 def train(

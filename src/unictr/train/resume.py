@@ -22,9 +22,10 @@ from unictr.config import Config
 from unictr.model import UnifiedCTR
 from unictr.train.checkpoints import CheckpointStore
 from unictr.train.distributed import Dist
+from unictr.train.events import EVENTS
 from unictr.train.state import OPTIMIZER_FILE, Position, load_optimizer
 
-RUN_ENTRIES = (CHECKPOINTS, MANIFEST, MODEL_FILE, OPTIMIZER_FILE)  # what --overwrite removes from a run directory
+RUN_ENTRIES = (CHECKPOINTS, MANIFEST, MODEL_FILE, OPTIMIZER_FILE, EVENTS)  # what --overwrite removes from a run
 # options a resumed run may change: they do not change what a step computes
 RESUMABLE_CHANGES = ("epochs", "threads", "checkpoint_every_steps", "keep_checkpoints", "max_steps")
 
