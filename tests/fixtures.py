@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import random_table
 from unictr.checkpoint import MANIFEST, MODEL_FILE, save_json, sha256_file
 from unictr.config import Config
+from unictr.data.requests import request_from_rows
 from unictr.export.artifact import ONNX_FILE
 from unictr.serving.registry import POINTER, PUBLISHED, Registry, utc_now
 from unictr.train.loop import train
@@ -61,21 +62,7 @@ def derive_export(src: Path, dst: Path, change: Callable[[dict[str, torch.Tensor
 
 def table_to_request(table: pa.Table, cfg: Config, surface: str, request_time_ms: int) -> dict:
     """A score request holding every row of `surface`: one request user per canonical request id."""
-    rows = table.filter(pa.compute.equal(table["surface"], surface)).to_pylist()
-    user_cols = [f.name for f in cfg.features if f.side == "user"]
-    cand_cols = [f.name for f in cfg.features if f.side == "candidate"]
-    users: dict[str, dict] = {}
-    candidates = []
-    for r in rows:
-        uid = f"req-{r['request_id']}"
-        users.setdefault(uid, {
-            "id": uid,
-            "features": {n: r[n] for n in user_cols},
-            "sequence": {"items": r["seq_item"], "actions": r["seq_action"], "timestamps_ms": r["seq_ts"],
-                         **{c: r[c] for c in cfg.sequence.side_features}},
-        })
-        candidates.append({"user": uid, "features": {n: r[n] for n in cand_cols}, "view_type": r["view_type"]})
-    return {"request_time_ms": request_time_ms, "users": list(users.values()), "candidates": candidates}
+    return request_from_rows(table, cfg, surface, request_time_ms)
 
 
 def same_time_table(cfg: Config, requests: int, seed: int) -> tuple[pa.Table, int]:

@@ -116,7 +116,8 @@ def quickstart(
     sets: list[str] = set_option(),
     threads: int | None = threads_option(),
 ) -> None:
-    """Simulate → train → evaluate, then print the per-surface table and the paths."""
+    """Simulate → train → evaluate → export each surface → publish and promote them in OUT/registry, then
+    print the per-surface table, the paths, and the commands that serve the model and score a request."""
     from unictr.data.simulate import simulate
     from unictr.export.job import export_all_surfaces
     from unictr.train.loop import train
@@ -134,7 +135,33 @@ def quickstart(
     console.print(f"data: {data_dir}\nrun: {run_dir}\nmetrics: {out / 'metrics.json'}")
     for surface, path in exports.items():
         console.print(f"export ({surface}): {path}")
-    console.print(f"total {time.perf_counter() - t0:.0f}s")
+    registry, surface, request = publish_quickstart(out, exports, data_dir, cfg)
+    console.print(f"total {time.perf_counter() - t0:.0f}s\nserve it:  unictr serve --registry {registry}\n"
+                  f"score one request (in another shell):  curl -s -X POST "
+                  f"http://127.0.0.1:8000/v1/surfaces/{surface}/score -H 'content-type: application/json' "
+                  f"-d @{request}", soft_wrap=True)
+
+
+def publish_quickstart(out: Path, exports: dict[str, Path], data_dir: Path, cfg: Any) -> tuple[Path, str, Path]:
+    """Publish each export into OUT/registry and promote it through the gate on the eval split, and write
+    one example request (the first eval request of the first surface); returns (registry, surface, request)."""
+    import pyarrow.parquet as pq
+
+    from unictr.data.reader import split_files
+    from unictr.data.requests import request_from_rows
+    from unictr.serving.registry import Registry
+
+    registry = Registry(out / "registry")
+    for surface, path in exports.items():
+        report = registry.promote(surface, registry.publish(surface, path), eval_data=data_dir)
+        failed = "; ".join(c["detail"] for c in report.checks if not c["passed"])
+        state = "live" if report.promoted else f"kept out by the gate: {failed}"
+        console.print(f"registry ({surface}): {report.candidate} {state}")
+    surface = next(iter(exports))
+    first = pq.ParquetFile(split_files(data_dir / "eval")[0]).read_row_group(0)
+    request = out / f"request-{surface}.json"
+    write_json(request, request_from_rows(first, cfg, surface, max_requests=1))
+    return registry.root, surface, request
 
 
 def evaluate_run(
