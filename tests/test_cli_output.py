@@ -45,7 +45,8 @@ def test_a_run_keeps_its_events_and_prints_short_epoch_lines_and_whole_tables(si
 
 
 def test_a_resumed_run_drops_the_events_after_its_checkpoint(tmp_path: Path) -> None:
-    log = EventLog(tmp_path, enabled=True)
+    log = EventLog(tmp_path / "run", enabled=True)  # a run directory that does not exist yet
+    tmp_path = tmp_path / "run"
     for step in (100, 200, 300):
         log.write("step", step=step, loss=0.5)
     EventLog(tmp_path, enabled=True, resumed_step=200)

@@ -32,6 +32,7 @@ class EventLog:
 
     def write(self, event: str, **fields: Any) -> None:
         if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # the run directory may not exist yet
             with self.path.open("a") as f:
                 f.write(json.dumps({"event": event, **fields}) + "\n")
 
