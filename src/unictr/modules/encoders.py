@@ -2,7 +2,7 @@
 chooses from.
 
 A new encoder is one new file under `modules/` (a class built as `Encoder(spec, dim, num_actions)` that
-meets `SequenceEncoder`) plus its name here and in `SequenceModelSpec.encoder`'s choices (config.py).
+meets `SequenceEncoder`) plus its name here and in `SequenceModelSpec.encoder`'s choices (config/model.py).
 Its parameters live under `sequence.` in the state dict, which a surface export copies unchanged.
 """
 

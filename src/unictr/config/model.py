@@ -1,0 +1,81 @@
+"""The model's hyper-parameters, one spec per module of the diagram."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from unictr.config.base import _Strict
+
+
+class SequenceModelSpec(_Strict):
+    enabled: bool = Field(default=True, description="Use the user-sequence encoder (off for ablation).")
+    encoder: Literal["transformer", "mean_pool"] = Field(
+        default="transformer",
+        description="User-sequence encoder, by name (unictr.modules.encoders.ENCODERS): `transformer` (TransAct-style; "
+        "the fields below up to `last_k` are its own) or `mean_pool` (the masked mean of the event tokens: no "
+        "attention between events, the target attention still reads each one; half the KuaiRand training step at "
+        "the same validation click AUC, docs/results.md).",
+    )
+    layers: int = Field(default=1, ge=1, description="Transformer encoder layers.")
+    heads: int = Field(default=2, ge=1, description="Attention heads.")
+    ff_mult: int = Field(default=2, ge=1, description="Feed-forward width as a multiple of the model width.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Attention dropout while training.")
+    last_k: int = Field(default=2, ge=0, description="Newest encoded events concatenated to the max-pool.")
+    time_buckets: int = Field(default=24, ge=2, description="Buckets of log2(1 + event age in seconds).")
+    window_mask_prob: float = Field(
+        default=0.3, ge=0.0, le=1.0,
+        description="Training only: probability that a user's events inside a random recent time window "
+        "are masked (TransAct's random time-window mask), so the model does not lean on real-time events only.",
+    )
+    window_max_seconds: float = Field(default=3600.0, gt=0, description="Upper end of that random window.")
+
+
+class MMoESpec(_Strict):
+    enabled: bool = Field(default=True, description="Off: one shared MLP replaces the experts (ablation).")
+    experts: int = Field(default=4, ge=1, description="Experts shared by every surface and task.")
+    expert_dim: int = Field(default=64, ge=1, description="Width of each expert's output.")
+    expert_hidden: int = Field(default=128, ge=1, description="Hidden width inside each expert.")
+
+
+class DCNSpec(_Strict):
+    layers: int = Field(default=2, ge=0, description="Cross layers.")
+    rank: int | None = Field(default=16, ge=1, description="Low-rank factorisation; null = full rank.")
+    out_dim: int = Field(default=64, ge=1, description="Width the projection shrinks the trunk output to.")
+
+
+class TowerSpec(_Strict):
+    per_surface: bool = Field(default=True, description="Off: one tower shared by every surface (ablation).")
+    hidden: list[int] = Field(default_factory=lambda: [64], description="Tower MLP widths.")
+
+
+class CalibrationSpec(_Strict):
+    scope: Literal["view_type", "surface", "global"] = Field(
+        default="view_type", description="Key of the learned temperature+bias on the logits."
+    )
+    posthoc: Literal["none", "platt", "isotonic"] = Field(
+        default="none",
+        description="Post-hoc map after the learned one, fitted by `unictr calibrate` and stored per view key "
+        "and task in model.safetensors (none: no tensors, the identity).",
+    )
+    posthoc_scope: Literal["view_type", "surface", "global"] = Field(
+        default="view_type",
+        description="Key the post-hoc map was fitted per (a surface or global fit is copied to its view keys).",
+    )
+    posthoc_knots: int = Field(
+        default=64, ge=2, description="Isotonic: knots per stored table (shorter fits are padded with their last)."
+    )
+
+
+class ModelSpec(_Strict):
+    embedding_dim: int = Field(default=16, ge=1, description="Width of every embedding and of the sequence model.")
+    interaction: bool = Field(
+        default=True, description="Pairwise dot products of the user and candidate embeddings enter the trunk."
+    )
+    dense_hidden: int = Field(default=16, ge=1, description="Width of the dense-feature projection.")
+    sequence: SequenceModelSpec = Field(default=SequenceModelSpec(), description="User-sequence encoder.")
+    mmoe: MMoESpec = Field(default=MMoESpec(), description="Mixture of experts.")
+    dcn: DCNSpec = Field(default=DCNSpec(), description="DCNv2 projection.")
+    tower: TowerSpec = Field(default=TowerSpec(), description="Surface towers.")
+    calibration: CalibrationSpec = Field(default=CalibrationSpec(), description="Learned and post-hoc calibration.")
