@@ -111,7 +111,7 @@ class UnifiedCTR(nn.Module):
             late_columns = [list(range(len(tower_names))) + [late_view]]
             tower_of_surface = [0] * len(s.surfaces)
         self.towers = TowerTree(
-            m.dcn.out_dim, late_columns, m.embedding_dim, m.tower.hidden, len(s.tasks), tower_of_surface
+            self.projection.out_dim, late_columns, m.embedding_dim, m.tower.hidden, len(s.tasks), tower_of_surface
         )
 
     def _build_calibration(self) -> None:

@@ -42,7 +42,11 @@ class MMoESpec(_Strict):
 class DCNSpec(_Strict):
     layers: int = Field(default=2, ge=0, description="Cross layers.")
     rank: int | None = Field(default=16, ge=1, description="Low-rank factorisation; null = full rank.")
-    out_dim: int = Field(default=64, ge=1, description="Width the projection shrinks the trunk output to.")
+    out_dim: int | None = Field(
+        default=64, ge=1,
+        description="Width the projection shrinks the trunk output to; null = no projection: the cross layers' "
+        "output (tasks × mmoe.expert_dim wide) goes to the towers as it is.",
+    )
 
 
 class TowerSpec(_Strict):

@@ -20,13 +20,17 @@ class CrossLayer(nn.Module):
 
 
 class DCNv2Projection(nn.Module):
-    """Explicit feature crosses, then a linear projection to `out_dim` (the serving-cost lever)."""
+    """Explicit feature crosses, then a linear projection to `out_dim` (the serving-cost lever).
 
-    def __init__(self, in_dim: int, layers: int, rank: int | None, out_dim: int) -> None:
+    `out_dim=None` passes the cross layers' output (`in_dim` wide) to the towers unprojected: the
+    baseline the projection's saving is measured against (docs/model.md)."""
+
+    def __init__(self, in_dim: int, layers: int, rank: int | None, out_dim: int | None) -> None:
         super().__init__()
         self.cross = nn.ModuleList(CrossLayer(in_dim, rank) for _ in range(layers))
-        self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU())
-        self.out_dim = out_dim
+        unprojected = out_dim is None
+        self.proj: nn.Module = nn.Identity() if unprojected else nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU())
+        self.out_dim = in_dim if out_dim is None else out_dim
 
     def forward(self, x: Tensor) -> Tensor:
         x0 = x
