@@ -169,6 +169,8 @@ def test_rollout_runbook(stages, tmp_path) -> None:  # long: the runbook's steps
             assert answer.status_code == 200 and answer.json()["model_version"] == "v0001"
             new_scores = np.array([list(p.values()) for p in answer.json()["predictions"]])
             assert new_scores.size and np.isfinite(new_scores).all()
+            refused = CliRunner().invoke(app, ["registry", "rollback", "--registry", str(reg), "--surface", NEW])
+            assert refused.exit_code == 2 and "no previous version to roll back to" in refused.output
             # roll back one old surface: its previous version answers again (it is still loaded)
             switch("search", "v0001", "rollback", "--registry", reg, "--surface", "search")
             assert registry.pointer("search").live == "v0001" and registry.pointer("search").history == ()
