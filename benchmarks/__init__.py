@@ -22,8 +22,8 @@ from benchmarks.harness import Context, load_average, machine, setup_device
 
 # Run order: the floor first, so the matmul rates it measures are reused by the latency suites.
 SUITES = ("floor", "embedding", "broadcast", "serving", "training")
-# Run only when named (`--suite scale`): minutes of work and a 10M-row simulation cached on disk.
-EXTRA_SUITES = ("scale",)
+# Run only when named: minutes of work (scale: a 10M-row simulation cached on disk; dcn: eleven KuaiRand trainings).
+EXTRA_SUITES = ("scale", "dcn")
 
 
 def run_suites(

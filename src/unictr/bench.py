@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-SUITE_CHOICES = ("embedding", "broadcast", "serving", "training", "floor", "scale", "all")
+SUITE_CHOICES = ("embedding", "broadcast", "serving", "training", "floor", "scale", "dcn", "all")
 
 
 class BenchError(RuntimeError):
@@ -79,6 +79,13 @@ def headlines(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("training rows/s by split rows", rates, "within 20%"))
         rows.append(("training peak RSS MB by split rows", rss, "largest < 4096 and <= 1.5x the 1M"))
         rows.append(("torchrun 2 processes vs 1 (1 thread each)", f"{sc['ddp']['speedup_2_vs_1']:.2f}x", ""))
+    if "dcn" in result and "arms" in result["dcn"]:
+        d = result["dcn"]
+        surface = next(iter(d["serving"]))
+        task = next(iter(d["arms"]["separate"]["aucs"][surface]))
+        cells = ", ".join(f"{name.removeprefix('width_')}: {arm['aucs'][surface][task]:.4f} / "
+                          f"{d['serving'][surface][name]['score']['p99_ms']:.2f} ms" for name, arm in d["arms"].items())
+        rows.append((f"{surface} {task} AUC / p99 per dcn.out_dim (and separate)", cells, ""))
     if "floor" in result:
         fp32 = result["floor"]["matmul"]["fp32"]
         rows.append(("matmul rate fp32 (peak)", f"{fp32['gflops_peak']:.0f} GFLOP/s", ""))

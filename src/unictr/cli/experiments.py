@@ -24,7 +24,7 @@ from unictr.config import load_config
 @app.command("bench")
 def bench_cmd(
     suite: str = typer.Option(
-        "all", help="embedding, broadcast, serving, training, floor, all (those five), or scale (alone: minutes)."
+        "all", help="embedding, broadcast, serving, training, floor, all (those five), or scale / dcn (alone: minutes)."
     ),
     out: Path | None = typer.Option(None, help="Write the results as JSON here."),
     quick: bool = typer.Option(False, help="Tiny sizes and few repeats: checks that the suites run, measures little."),
