@@ -162,10 +162,44 @@ def training(r: dict[str, Any]) -> str:
     return _table(header, rows)
 
 
+def _pp(t: dict[str, float]) -> str:
+    """p50 / p99."""
+    return f"{t['p50_ms']:.2f} / {t['p99_ms']:.2f}"
+
+
+def dcn(r: dict[str, Any]) -> str:
+    """The dcn suite: AUC per surface by projection width, latency per surface export by width, and
+    the config's width against separate models per surface."""
+    d = r["dcn"]
+    surfaces, widths = list(d["serving"]), [a for a in d["arms"] if a != "separate"]
+    task = next(iter(d["arms"]["separate"]["aucs"][surfaces[0]]))
+    auc = _table(["out_dim", "parameters", "train s", *(f"{s} {task} AUC" for s in surfaces)], [
+        [a.removeprefix("width_"), f"{d['arms'][a]['params']:,}", f"{d['arms'][a]['train_seconds']:.0f}",
+         *(f"{d['arms'][a]['aucs'][s][task]:.4f}" for s in surfaces)] for a in widths
+    ])
+    first = d["serving"][surfaces[0]]
+    latency = _table(["out_dim", f"{surfaces[0]} export parameters", "MFLOP / request",
+                      *(f"{s} p50 / p99 ms" for s in surfaces)], [
+        [a.removeprefix("width_"), f"{first[a]['params']:,}", f"{first[a]['mflop']:.1f}",
+         *(_pp(d["serving"][s][a]["score"]) for s in surfaces)] for a in widths
+    ])
+    unified = f"width_{'none' if d['unified_out_dim'] is None else d['unified_out_dim']}"
+    unified = unified if unified in d["arms"] else widths[0]  # --quick sweeps other widths
+    rows = []
+    for s in surfaces:
+        for arm, name in ((unified, "unified"), ("separate", "separate")):
+            x = d["serving"][s][arm]
+            rows.append([s, name, f"{x['params']:,}", f"{x['mflop']:.1f}", _pp(x["score"]), _pp(x["model_only"]),
+                         f"{d['arms'][arm]['aucs'][s][task]:.4f}"])
+    cost = _table(["surface", "model", "export parameters", "MFLOP / request", "score p50 / p99 ms",
+                   "model only p50 / p99 ms", f"{task} AUC"], rows)
+    return f"{d['data']}; {d['request']}\n\n{auc}\n\n{latency}\n\n{cost}"
+
+
 def markdown(r: dict[str, Any]) -> str:
     parts = [machine(r)]
     for name, render in (("floor", floor), ("embedding", embedding), ("broadcast", broadcast),
-                         ("serving", serving), ("training", training)):
+                         ("serving", serving), ("training", training), ("dcn", dcn)):
         if name in r:
             load = " / ".join(map(str, r[name]["load_average_at_start"]))
             parts.append(f"### {name} (load at start {load}; {r[name]['seconds']:.0f} s)\n\n" + render(r))
