@@ -136,6 +136,7 @@ def run(ctx: Context) -> dict[str, Any]:
     return {
         "data": "simulated (quick)" if ctx.quick else f"KuaiRand-Pure, train 04-25..04-29, eval {EVAL_FROM}",
         "unified_out_dim": cfg.model.dcn.out_dim,
+        "surfaces": surfaces,
         "request": f"{USERS} user x {CANDIDATES} candidates, candidate_columns JSON, onnx",
         "arms": arms,
         "serving": serving,

@@ -168,32 +168,38 @@ def _pp(t: dict[str, float]) -> str:
 
 
 def dcn(r: dict[str, Any]) -> str:
-    """The dcn suite: AUC per surface by projection width, latency per surface export by width, and
-    the config's width against separate models per surface."""
+    """The dcn suite: AUC per surface by projection width, the surface exports' latency by width (whole
+    request, model alone), and the config's width against separate models per surface."""
     d = r["dcn"]
-    surfaces, widths = list(d["serving"]), [a for a in d["arms"] if a != "separate"]
+    surfaces = d.get("surfaces") or list(d["serving"])
+    widths = sorted((a for a in d["arms"] if a != "separate"),
+                    key=lambda a: (d["arms"][a]["out_dim"] is None, d["arms"][a]["out_dim"] or 0))
     task = next(iter(d["arms"]["separate"]["aucs"][surfaces[0]]))
+    name = {a: a.removeprefix("width_") for a in widths}
     auc = _table(["out_dim", "parameters", "train s", *(f"{s} {task} AUC" for s in surfaces)], [
-        [a.removeprefix("width_"), f"{d['arms'][a]['params']:,}", f"{d['arms'][a]['train_seconds']:.0f}",
+        [name[a], f"{d['arms'][a]['params']:,}", f"{d['arms'][a]['train_seconds']:.0f}",
          *(f"{d['arms'][a]['aucs'][s][task]:.4f}" for s in surfaces)] for a in widths
     ])
     first = d["serving"][surfaces[0]]
-    latency = _table(["out_dim", f"{surfaces[0]} export parameters", "MFLOP / request",
-                      *(f"{s} p50 / p99 ms" for s in surfaces)], [
-        [a.removeprefix("width_"), f"{first[a]['params']:,}", f"{first[a]['mflop']:.1f}",
-         *(_pp(d["serving"][s][a]["score"]) for s in surfaces)] for a in widths
-    ])
+    latency = {
+        timing: _table(["out_dim", "export parameters", "MFLOP / request", *(f"{s} p50 / p99 ms" for s in surfaces)], [
+            [name[a], f"{first[a]['params']:,}", f"{first[a]['mflop']:.1f}",
+             *(_pp(d["serving"][s][a][timing]) for s in surfaces)] for a in widths
+        ])
+        for timing in ("score", "model_only")
+    }
     unified = f"width_{'none' if d['unified_out_dim'] is None else d['unified_out_dim']}"
     unified = unified if unified in d["arms"] else widths[0]  # --quick sweeps other widths
     rows = []
     for s in surfaces:
-        for arm, name in ((unified, "unified"), ("separate", "separate")):
+        for arm, model in ((unified, "unified"), ("separate", "separate")):
             x = d["serving"][s][arm]
-            rows.append([s, name, f"{x['params']:,}", f"{x['mflop']:.1f}", _pp(x["score"]), _pp(x["model_only"]),
+            rows.append([s, model, f"{x['params']:,}", f"{x['mflop']:.1f}", _pp(x["score"]), _pp(x["model_only"]),
                          f"{d['arms'][arm]['aucs'][s][task]:.4f}"])
     cost = _table(["surface", "model", "export parameters", "MFLOP / request", "score p50 / p99 ms",
                    "model only p50 / p99 ms", f"{task} AUC"], rows)
-    return f"{d['data']}; {d['request']}\n\n{auc}\n\n{latency}\n\n{cost}"
+    return (f"{d['data']}; {d['request']}\n\n{auc}\n\nWhole request (`Scorer.score`):\n\n{latency['score']}"
+            f"\n\nModel only (`Scorer.predict`):\n\n{latency['model_only']}\n\n{cost}")
 
 
 def markdown(r: dict[str, Any]) -> str:
