@@ -81,11 +81,13 @@ def headlines(result: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("torchrun 2 processes vs 1 (1 thread each)", f"{sc['ddp']['speedup_2_vs_1']:.2f}x", ""))
     if "dcn" in result and "arms" in result["dcn"]:
         d = result["dcn"]
-        surface = next(iter(d["serving"]))
+        surface = (d.get("surfaces") or list(d["serving"]))[0]
         task = next(iter(d["arms"]["separate"]["aucs"][surface]))
-        cells = ", ".join(f"{name.removeprefix('width_')}: {arm['aucs'][surface][task]:.4f} / "
-                          f"{d['serving'][surface][name]['score']['p99_ms']:.2f} ms" for name, arm in d["arms"].items())
-        rows.append((f"{surface} {task} AUC / p99 per dcn.out_dim (and separate)", cells, ""))
+        order = sorted(d["arms"], key=lambda a: (a == "separate", d["arms"][a]["out_dim"] is None,
+                                                 d["arms"][a]["out_dim"] or 0))
+        cells = ", ".join(f"{a.removeprefix('width_')}: {d['arms'][a]['aucs'][surface][task]:.4f} / "
+                          f"{d['serving'][surface][a]['model_only']['p50_ms']:.2f} ms" for a in order)
+        rows.append((f"{surface} {task} AUC / model-only p50 per dcn.out_dim (and separate)", cells, ""))
     if "floor" in result:
         fp32 = result["floor"]["matmul"]["fp32"]
         rows.append(("matmul rate fp32 (peak)", f"{fp32['gflops_peak']:.0f} GFLOP/s", ""))
