@@ -18,7 +18,6 @@ hour on 2 cores). `--quick` runs the same steps on a small simulation (two width
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from unictr.serving.scorer import Scorer
 
 WIDTHS: tuple[int | None, ...] = (16, 32, 64, 128, None)
 QUICK_WIDTHS: tuple[int | None, ...] = (8, None)
-SEEDS = (0,)  # one training seed per width (set UNICTR_BENCH_DCN_SEEDS=0,1,2 for more)
+SEEDS = (0,)  # one training seed per width; docs/model.md adds seeds 1 and 2 with `experiment unify`
 EVAL_FROM = "2022-04-30"  # train 04-25 … 04-29
 USERS, CANDIDATES = 1, 500
 REPEATS, BLOCK = 500, 20  # p99 of 500 calls: the fifth slowest
@@ -66,13 +65,12 @@ def _setup(ctx: Context) -> tuple[Config, Path, tuple[int | None, ...]] | str:
 
 def _train(ctx: Context, cfg: Config, data: Path, arm: str, name: str) -> tuple[dict[str, Any], Path]:
     """One arm trained per seed (`run_experiment`, runs kept); (its report entry, its runs directory)."""
-    seeds = tuple(int(s) for s in os.environ.get("UNICTR_BENCH_DCN_SEEDS", "").split(",") if s) or SEEDS
     out = ctx.workdir / name
-    report = run_experiment(cfg, data, out, seeds=seeds, arms=(arm,), n_boot=0, keep_runs=True,
+    report = run_experiment(cfg, data, out, seeds=SEEDS, arms=(arm,), n_boot=0, keep_runs=True,
                             console=Console(quiet=True))
     entry = report["arms"][arm]
     ctx.log(f"[dcn] {name}: {entry['train_seconds']:.0f} s training per seed, {entry['params']:,} parameters")
-    return entry, out / "runs" / arm / f"seed{seeds[0]}"
+    return entry, out / "runs" / arm / f"seed{SEEDS[0]}"
 
 
 def _export(ctx: Context, run_dir: Path, surface: str, name: str) -> Path:
