@@ -11,8 +11,8 @@ ONNX Runtime, the suite's threads), interleaved by `harness.compare` so load cha
 alike; `model_only` times the forward pass alone on the encoded batch.
 
 On KuaiRand (train 04-25 … 04-29, evaluate 04-30, `configs/kuairand.yaml`; the slice found as the
-training suite finds it). Run only when named: `unictr bench --suite dcn --threads 1` (about half an
-hour on 2 cores). `--quick` runs the same steps on a small simulation (two widths, a few repeats).
+training suite finds it). Run only when named: `unictr bench --suite dcn --threads 1` (15 minutes
+on 2 shared cores). `--quick` runs the same steps on a small simulation (two widths, a few repeats).
 """
 
 from __future__ import annotations
