@@ -149,7 +149,7 @@ def test_cli_takes_several_runs_after_compare_and_refuses_what_is_not_a_run(runs
                                "--out", str(out)])
     assert done.exit_code == 0, done.output
     text = out.read_text()
-    assert "<h2>Experiment exp</h2>" in text and _metrics_table(Page(text))[1][2:4] == ["run", ODD]
+    assert "<h2>Experiment exp: unified vs separate</h2>" in text and _metrics_table(Page(text))[1][2:4] == ["run", ODD]
     bad = runner.invoke(app, ["report", str(runs["data"]), "--out", str(out)])
     assert bad.exit_code == 2 and f"{runs['data']}: not a unictr run" in bad.output
     (runs["root"] / "broken").mkdir()

@@ -120,9 +120,9 @@ def _block(metrics: dict[str, Any], surface: str, task: str) -> dict[str, Any] |
 
 
 def experiment_section(exp: ExperimentView) -> list[str]:
-    """The experiment's own report (`report_markdown`: arms side by side, the AUC differences with their
+    """The experiment's own report under its label (`report_markdown`: arms side by side, the AUC differences with their
     bootstrap intervals, cost) with its AUC plot embedded."""
     from unictr.experiment.report import report_markdown
 
-    return [f"<h2>Experiment {esc(exp.label)}</h2>",
-            markdown(report_markdown(exp.report), {"auc.png": figures.experiment_plot(exp.report)})]
+    text = report_markdown(exp.report).replace("# Experiment: ", f"# Experiment {exp.label}: ", 1)
+    return [markdown(text, {"auc.png": figures.experiment_plot(exp.report)})]
