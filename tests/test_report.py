@@ -129,6 +129,14 @@ def test_without_data_the_table_is_the_manifest_s_and_says_how_to_get_diagrams(r
     assert "the run&#x27;s last evaluation (its manifest)" in text
 
 
+def test_a_line_cut_short_in_events_jsonl_is_counted_not_fatal(runs: dict[str, Path], tmp_path: Path) -> None:
+    run = shutil.copytree(runs["run"], tmp_path / "cut")
+    with (run / "events.jsonl").open("a") as f:
+        f.write('{"event": "step", "st')
+    text = write_report([run], tmp_path / "cut.html").read_text()
+    assert "cut: 1 unreadable line(s) of events.jsonl skipped" in text and len(Page(text).images) == 2
+
+
 def test_an_experiment_shows_its_arms_side_by_side_with_intervals(runs: dict[str, Path]) -> None:
     text = write_report([runs["exp"]], runs["root"] / "exp.html").read_text()
     page = Page(text)

@@ -41,11 +41,12 @@ def _file(path: Path) -> str:
 
 def training_curves(runs: list[RunView]) -> str:
     """Training loss, LR and rows/s against the step, a colour per run: a line through the `events.jsonl`
-    step lines, a marker at each epoch's end (all a run shorter than the logging interval has)."""
+    step lines, a marker at each epoch's end (all a run shorter than the logging interval has). Loss and
+    rows/s are the epoch's means so far, as the run logs them, so each epoch's line starts afresh."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.4), squeeze=False)
-    panels = (("loss", "train_loss", "training loss (weighted BCE)"), ("lr", None, "learning rate"),
-              ("rows_per_s", "rows_per_s", "rows / s"))
+    panels = (("loss", "train_loss", "training loss (the epoch's running mean)"), ("lr", None, "learning rate"),
+              ("rows_per_s", "rows_per_s", "rows / s (the epoch's running mean)"))
     for ax, (key, epoch_key, title) in zip(axes[0], panels, strict=True):
         for i, run in enumerate(runs):
             color = f"C{i}"
