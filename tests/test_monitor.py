@@ -165,3 +165,14 @@ def test_refit_on_the_previous_day_brings_z_back_within_noise(drifting) -> None:
     assert math.isclose(sum(k["rows"] for k in after["keys"] if k["view_type"] is None and k["task"] == "click"),
                         sum(k["rows"] for k in before["keys"] if k["view_type"] is None and k["task"] == "click"
                             and k["day"] == days[-1]))
+
+
+def test_simulate_cli_drift_options(tmp_path) -> None:
+    out = tmp_path / "sim"
+    ok = CliRunner().invoke(app, ["data", "simulate", "--rows", "2000", "--drift-surface", "related",
+                                  "--drift-per-day", "-0.2", "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((out / "meta.json").read_text())["drift"] == {"surface": "related", "click_logit_per_day": -0.2}
+    bad = CliRunner().invoke(app, ["data", "simulate", "--rows", "2000", "--drift-surface", "shop",
+                                   "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "drift surface must be one of" in bad.output
