@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from unictr.checkpoint import load_model
+from unictr.data.batch import Schema
 from unictr.data.reader import split_files
 from unictr.metrics import auc, calibration_ratio, calibration_z, ece, json_float, ratio_interval
 from unictr.train.evaluate import Scored, score_split
@@ -47,6 +48,7 @@ def false_alarm_rate(z_threshold: float, keys: int) -> float:
 
 def key_stats(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     """The monitored numbers of one key's rows (labels `y`, predictions `p`), JSON-safe."""
+    y, p = y.astype(np.float64), p.astype(np.float64)  # float32 sums drift on a million rows
     lo, hi = ratio_interval(y, p, LEVEL)
     return {
         "rows": int(y.size),
@@ -88,7 +90,7 @@ def _drift(stats: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
 
 def monitor_scored(
     scored: Scored,
-    schema: Any,
+    schema: Schema,
     days: np.ndarray | None,
     reference: dict[str, Any] | None,
     z_threshold: float = DEFAULT_Z,
