@@ -298,6 +298,32 @@ def test_service_errors_and_metrics(client, request_body) -> None:
     assert set(means) == {"click", "long_click"} and all(0 < v < 1 for v in means.values())
 
 
+def _prediction_counters(client) -> dict[tuple[str, str, str], float]:
+    """(metric, surface, task) -> value of the predicted-positives and predictions counters in /metrics."""
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {(s.name, s.labels["surface"], s.labels["task"]): s.value for f in families
+            if f.name in ("unictr_predicted_positives", "unictr_predictions")
+            for s in f.samples if s.name.endswith("_total")}
+
+
+def test_metrics_count_predicted_positives_per_surface_and_task(client, request_body) -> None:
+    """The counters behind the live mean prediction grow by exactly the answered probabilities' sum and
+    count, per surface × task of the loaded model only; a refused request adds nothing."""
+    before = _prediction_counters(client)
+    answers = [client.post(f"/v1/surfaces/{SURFACE}/score", json=request_body).json() for _ in range(2)]
+    assert client.post(f"/v1/surfaces/{SURFACE}/score", json={"users": []}).status_code == 422
+    after = _prediction_counters(client)
+    assert {(surface, task) for _, surface, task in after} == {(SURFACE, "click"), (SURFACE, "long_click")}
+    for task in ("click", "long_click"):
+        probs = [p[task] for a in answers for p in a["predictions"]]
+        added = {m: after[m, SURFACE, task] - before.get((m, SURFACE, task), 0.0)
+                 for m in ("unictr_predicted_positives_total", "unictr_predictions_total")}
+        assert added["unictr_predictions_total"] == len(probs) == 2 * len(answers[0]["predictions"])
+        assert added["unictr_predicted_positives_total"] == pytest.approx(sum(probs), rel=1e-9)
+        mean = added["unictr_predicted_positives_total"] / added["unictr_predictions_total"]  # what PromQL divides
+        assert mean == pytest.approx(float(np.mean(probs)), rel=1e-9) and 0 < mean < 1
+
+
 def test_shadow_records_difference(world, client, request_body) -> None:
     registry = world["registry"]
     registry.set_shadow(SURFACE, "v0002")

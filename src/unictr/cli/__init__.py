@@ -4,6 +4,7 @@ Importing a command module registers its commands; the order below is the order 
 """
 
 from unictr.cli import train  # noqa: I001, F401
+from unictr.cli import monitor  # noqa: F401
 from unictr.cli import serving  # noqa: F401
 from unictr.cli import experiments  # noqa: F401
 from unictr.cli import report  # noqa: F401

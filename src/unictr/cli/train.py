@@ -30,12 +30,17 @@ def data_simulate(
     rows: int = typer.Option(300_000, help="Impressions to simulate."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
     out: Path = typer.Option(..., help="Output data directory (train/, eval/, meta.json)."),
+    drift_surface: str | None = typer.Option(None, help="Make this surface's click rate drift day by day."),
+    drift_per_day: float = typer.Option(0.15, help="With --drift-surface: click logit added per day (0.15: "
+                                        "odds x1.16 a day)."),
 ) -> None:
     """Write the built-in simulated world (known true probabilities) as canonical Parquet."""
     from unictr.data.simulate import simulate
+    from unictr.data.simulate.impressions import Drift
 
     t0 = time.perf_counter()
-    meta = simulate(rows=rows, seed=seed, out=out)
+    drift = None if drift_surface is None else Drift(drift_surface, drift_per_day)
+    meta = simulate(rows=rows, seed=seed, out=out, drift=drift)
     console.print(f"wrote {meta.get('rows', rows):,} rows to {out} in {time.perf_counter() - t0:.1f}s")
 
 

@@ -2,7 +2,15 @@
 
 Each app gets its own `CollectorRegistry`, so several apps (tests) can live in one process.
 Labels are bounded: `surface` is a registry surface (or "unknown"), `kind` a fixed error kind, `role`
-live or shadow.
+live or shadow, `task` a task of the surface's loaded model.
+
+Calibration on live traffic: `unictr_predicted_positives_total` (the sum of the live version's predicted
+probabilities) and `unictr_predictions_total` (candidates scored) per surface × task are counters, so
+`rate(a[w]) / rate(b[w])` is the exact mean prediction over any window `w`, summed across replicas and
+unbroken by restarts or missed scrapes — what the labels joined later are compared with (the
+numerator of the calibration ratio is expected positives). A gauge (an EWMA, or the windowed
+`unictr_mean_prediction`) fixes its window at export time, weighs replicas equally when averaged and
+cannot be summed with the clicks counted elsewhere.
 """
 
 from __future__ import annotations
@@ -60,6 +68,13 @@ class ServingMetrics:
             "unictr_mean_prediction", f"Mean predicted probability over the last {MEAN_WINDOW} requests.",
             ["surface", "task"], registry=r,
         )
+        self.predicted_positives = Counter(
+            "unictr_predicted_positives", "Sum of the live version's predicted probabilities (expected positives).",
+            ["surface", "task"], registry=r,
+        )
+        self.predictions = Counter(
+            "unictr_predictions", "Candidates scored by the live version, per task.", ["surface", "task"], registry=r,
+        )
         self._model_metrics(r)
         self.shadow_diff = Histogram(
             "unictr_shadow_abs_diff", "Mean |shadow - live| probability per request.", ["surface", "task"],
@@ -100,12 +115,15 @@ class ServingMetrics:
         self.truncated.labels(s).inc(result.truncated_sequences)
         self.dropped_events.labels(s).inc(result.dropped_events)
         if len(result.probabilities):
+            total = result.probabilities.sum(0, dtype=np.float64)
             with self._lock:
                 window = self._window.setdefault(s, deque(maxlen=MEAN_WINDOW))
-                window.append((result.probabilities.sum(0, dtype=np.float64), len(result.probabilities)))
+                window.append((total, len(result.probabilities)))
                 mean = sum(w for w, _ in window) / sum(n for _, n in window)
-            for task, m in zip(result.tasks, mean, strict=True):
+            for task, m, p in zip(result.tasks, mean, total, strict=True):
                 self.mean_prediction.labels(s, task).set(float(m))
+                self.predicted_positives.labels(s, task).inc(float(p))
+                self.predictions.labels(s, task).inc(len(result.probabilities))
 
     def observe_shadow(self, live: ScoreResult, shadow: ScoreResult) -> None:
         for j, task in enumerate(live.tasks):

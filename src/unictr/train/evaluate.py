@@ -116,8 +116,9 @@ def evaluate_split(
 def score_split(
     model: UnifiedCTR, path: str | Path, device: torch.device | None = None, batch_rows: int = 32768
 ) -> Scored:
-    """The split at `path` scored, streamed in batches of about `batch_rows` rows (forward passes of about
-    `SCORE_ROWS`): only the scores, labels and slices of its rows are kept, never its features."""
+    """The split at `path` scored, streamed in batches of about `batch_rows` rows (scored in forward passes
+    of about `SCORE_ROWS`): only the scores, labels and slices of its rows are kept, never its features.
+    Rows stay in the split's file order (what `unictr monitor` relies on to line up their timestamps)."""
     parts = [
         Scored.of(b, predict(model, b, SCORE_ROWS, device))
         for b in iter_batches(path, model.schema, model.cfg.data, batch_rows)

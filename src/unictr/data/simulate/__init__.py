@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from unictr.config import Config, DataSpec, SequenceSpec
 from unictr.data.canonical import ParquetOptions, write_meta, write_split
-from unictr.data.simulate.impressions import World, draw_world
+from unictr.data.simulate.impressions import Drift, World, draw_world
 from unictr.data.simulate.world import NUM_ACTIONS, NUM_ADS, NUM_TOPICS, SURFACES, VIEW_TYPES
 
 GENERATOR = "unictr.data.simulate"
@@ -186,12 +186,14 @@ def _is_simulation(out: Path) -> bool:
 
 
 def simulate(
-    rows: int, seed: int, out: Path, eval_fraction: float = 0.2, config: Config | None = None
+    rows: int, seed: int, out: Path, eval_fraction: float = 0.2, config: Config | None = None,
+    drift: Drift | None = None,
 ) -> dict:
     """Simulate `rows` impressions and write them under `out` (train/, eval/, meta.json).
 
     The eval split is the last `eval_fraction` of requests in time order. `config`, when given, is
-    checked against the simulated columns and names the key and sequence columns. An existing `out`
+    checked against the simulated columns and names the key and sequence columns. `drift` makes one
+    surface's click rate drift day by day (`Drift`; recorded in the meta). An existing `out`
     is replaced only if it is empty or holds a previous simulation. Returns the meta dict.
     """
     if rows < 100:
@@ -203,7 +205,7 @@ def simulate(
         raise FileExistsError(f"{out}: exists and is not a previous simulation; refusing to replace it")
     keys, seq_spec = _columns(config)
 
-    world = draw_world(rows, seed)
+    world = draw_world(rows, seed, drift)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; `out` is ordinary data
@@ -224,6 +226,7 @@ def simulate(
             "topics": NUM_TOPICS,
             "splits": meta_splits,
             "surfaces": _surface_stats(world),
+            **({"drift": {"surface": drift.surface, "click_logit_per_day": drift.per_day}} if drift else {}),
         }
         write_meta(tmp, meta)
         _publish(tmp, out)

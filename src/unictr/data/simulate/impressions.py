@@ -9,6 +9,8 @@ import numpy as np
 
 from unictr.data.simulate.traffic import Requests, Sequences, draw_requests, draw_sequences
 from unictr.data.simulate.world import (
+    DAY_MS,
+    EPOCH_MS,
     FORMAT_CLICK_BY_DEVICE,
     FORMAT_LONG,
     FORMAT_SAVE,
@@ -41,6 +43,29 @@ class World:
 
 
 @dataclass(frozen=True)
+class Drift:
+    """One surface's click rate drifting day by day: its click logit gains `per_day` each day after the
+    first (odds × e^per_day a day; 0.15 is +16% a day), in the true probabilities and so in the labels.
+
+    What a monitor must catch: a model trained on earlier days under-predicts that surface's later days
+    (over-predicts with a negative `per_day`) while the other surfaces stay calibrated.
+    """
+
+    surface: str
+    per_day: float
+
+    def __post_init__(self) -> None:
+        names = [s.name for s in SURFACES]
+        if self.surface not in names:
+            raise ValueError(f"drift surface must be one of {names}, got {self.surface!r}")
+
+    def logit(self, surface: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+        """The click logit shift of rows on `surface` (indices) at `timestamp` (ms)."""
+        index = [s.name for s in SURFACES].index(self.surface)
+        return np.where(surface == index, self.per_day * ((timestamp - EPOCH_MS) // DAY_MS), 0.0)
+
+
+@dataclass(frozen=True)
 class _Truth:
     """Each row's true engagement probabilities, and the observed columns drawn with them."""
 
@@ -51,25 +76,27 @@ class _Truth:
     query_ad_match: np.ndarray  # 1 none .. 3 strong keyword match on search, 0 elsewhere
 
 
-def draw_world(rows: int, seed: int) -> World:
-    """The whole world for `rows` impressions; the same seed draws the same world."""
+def draw_world(rows: int, seed: int, drift: Drift | None = None) -> World:
+    """The whole world for `rows` impressions (with `drift`, one surface's click rate drifting); the same
+    seed draws the same world, and the drift changes only the click probabilities and labels."""
     rng = np.random.default_rng(seed)
     users = draw_users(rng, min(MAX_USERS, max(rows // ROWS_PER_USER, 10)))
     ads = draw_ads(rng)
     req = draw_requests(rng, users, ads, rows)
     seq = draw_sequences(rng, users, ads, req)
-    return World(users=users, requests=req, sequences=seq, rows=_draw_impressions(rng, users, ads, req))
+    return World(users=users, requests=req, sequences=seq, rows=_draw_impressions(rng, users, ads, req, drift))
 
 
 def _draw_impressions(
-    rng: np.random.Generator, users: Users, ads: Ads, req: Requests
+    rng: np.random.Generator, users: Users, ads: Ads, req: Requests, drift: Drift | None = None
 ) -> dict[str, np.ndarray]:
     """Candidate-side columns, true probabilities and labels, one entry per row."""
     owner = np.repeat(np.arange(len(req.user)), req.num_candidates)
     n = len(owner)
     position = np.arange(n) - req.row_start[owner]
     ad = _retrieve(rng, users, ads, req, owner)
-    truth = _truth(rng, users, ads, req, owner, position, ad)
+    shift = 0.0 if drift is None else drift.logit(req.surface[owner], req.timestamp[owner])
+    truth = _truth(rng, users, ads, req, owner, position, ad, shift)
     related, context = req.surface[owner] == RELATED, req.context_ad[owner]
     click = rng.random(n) < truth.p_click
     return {
@@ -116,8 +143,10 @@ def _truth(
     owner: np.ndarray,
     position: np.ndarray,
     ad: np.ndarray,
+    click_shift: np.ndarray | float = 0.0,
 ) -> _Truth:
-    """The click, save and long-click-given-click probabilities of showing `ad` at `position`."""
+    """The click, save and long-click-given-click probabilities of showing `ad` at `position` (the click
+    logit moved by `click_shift`: a `Drift`)."""
     user, surface = req.user[owner], req.surface[owner]
     search, related = surface == SEARCH, surface == RELATED
     ad_topic, ad_format = ads.topic[ad], ads.format[ad]
@@ -143,7 +172,7 @@ def _truth(
         + np.where(search, per_row("w_query") * relevance, 0.0)
         + np.where(related, per_row("w_context") * context_sim, 0.0)
         + users.bias[user] + FORMAT_CLICK_BY_DEVICE[users.device[user], ad_format]
-        + 0.1 * np.cos(2 * np.pi * (hour - 21) / 24) + ads.age_effect[ad]
+        + 0.1 * np.cos(2 * np.pi * (hour - 21) / 24) + ads.age_effect[ad] + click_shift
     )
     save_logit = (
         per_row("save_base") + 0.5 * view_offset + 2.0 * affinity + 0.6 * intent_match
