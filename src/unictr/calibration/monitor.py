@@ -31,7 +31,7 @@ from unictr.data.batch import Schema
 from unictr.data.reader import split_files
 from unictr.metrics import auc, calibration_ratio, calibration_z, ece, json_float, ratio_interval
 from unictr.train.evaluate import Scored, score_split
-from unictr.train.loop import setup_runtime
+from unictr.train.loop import setup_cpu_scoring
 
 DEFAULT_Z = 4.0
 MIN_VARIANCE = 5.0  # Σ p(1-p) below this: too few expected positives to test (reported, never flagged)
@@ -151,7 +151,7 @@ def monitor_run(
     run, data = Path(run), Path(data)
     split_dir = data / split if (data / split).is_dir() else data
     model, manifest = load_model(run)
-    setup_runtime(model.cfg.train.model_copy(update={"device": "cpu", **({"threads": threads} if threads else {})}))
+    setup_cpu_scoring(model.cfg.train, threads)
     scored = score_split(model, split_dir)
     days = row_days(split_dir, model.cfg.data.timestamp, len(scored.labels)) if by == "day" else None
     reference = manifest.get("metrics")

@@ -176,10 +176,10 @@ def evaluate_run(
     `threads`)."""
     from unictr.checkpoint import load_model
     from unictr.train.evaluate import evaluate_split
-    from unictr.train.loop import setup_runtime
+    from unictr.train.loop import setup_cpu_scoring
 
     model, _ = load_model(run)
-    setup_runtime(model.cfg.train.model_copy(update={"device": "cpu", **({"threads": threads} if threads else {})}))
+    setup_cpu_scoring(model.cfg.train, threads)
     split_dir = data / split if (data / split).is_dir() else data
     return evaluate_split(model, split_dir, plots=plots)
 

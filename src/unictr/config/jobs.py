@@ -55,7 +55,18 @@ class TrainSpec(_Strict):
     warmup_steps: int = Field(default=100, ge=0, description="Linear warm-up steps (cosine schedule).")
     epochs: int = Field(default=2, ge=1, description="Passes over the training split.")
     seed: int = Field(default=0, description="Seeds torch (init, window masks) and the request shuffle.")
-    threads: int = Field(default=2, ge=1, description="torch intra-op threads.")
+    threads: int | Literal["auto"] = Field(
+        default="auto", description="torch intra-op threads, or auto: the cores this process may use (affinity, "
+        "cgroup quota) less those other processes keep busy when the job starts, at least 1 (unictr/threads.py; "
+        "2 threads beside another job on 2 cores ran 4x slower than 1, docs/performance.md)."
+    )
+
+    @field_validator("threads")
+    @classmethod
+    def _positive_threads(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 1:
+            raise ValueError(f"threads must be auto or at least 1; got {value}")
+        return value
     bf16: bool = Field(default=False, description="bf16 autocast (CPU with bf16, or CUDA).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto (cuda when available), cpu, cuda.")
 

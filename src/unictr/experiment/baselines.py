@@ -14,6 +14,7 @@ from unictr.config import Config
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split
 from unictr.experiment.arms import ArmRun, ArmSkipped
+from unictr.threads import resolve_threads
 
 # LightGBM settings, chosen on the validation split (train 04-25..28, validate 04-29; docs/results.md):
 # strong smoothing of the many sparse categorical columns mattered most.
@@ -64,7 +65,7 @@ def train_lightgbm(cfg: Config, data: Path, work: Path, eval_b: Batch, console: 
     train_b = load_split(data / "train", schema, cfg.data)
     x_tr, cat_cols = lightgbm_matrix(train_b, num_actions)
     x_ev, _ = lightgbm_matrix(eval_b, num_actions)
-    params = LIGHTGBM_PARAMS | {"seed": cfg.train.seed, "num_threads": cfg.train.threads}
+    params = LIGHTGBM_PARAMS | {"seed": cfg.train.seed, "num_threads": resolve_threads(cfg.train.threads)}
     probs = np.full((eval_b.num_rows, len(schema.tasks)), np.nan, dtype=np.float32)
     t0, nodes, models = time.perf_counter(), 0, {}
     for ti, task in enumerate(schema.tasks):

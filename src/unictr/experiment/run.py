@@ -20,6 +20,7 @@ from unictr.data.reader import load_split
 from unictr.experiment.arms import ArmRun, ArmSkipped, train_separate, train_unified
 from unictr.experiment.baselines import train_lightgbm
 from unictr.experiment.report import build_report, data_meta, machine_info, plot_report, report_markdown
+from unictr.threads import resolve_threads
 
 DEFAULT_ARMS = ("unified", "separate", "shared", "lightgbm")  # the unify experiment; the rest are ablations
 
@@ -60,6 +61,7 @@ def run_experiment(
     if not seeds:
         raise ValueError("seeds: give at least one seed")
     schema = Schema.from_config(cfg)
+    cfg = with_changes(cfg, "train", threads=resolve_threads(cfg.train.threads))  # one count for every arm
     torch.set_num_threads(cfg.train.threads)
     eval_b = load_split(data / "eval", schema, cfg.data)
     out.mkdir(parents=True, exist_ok=True)

@@ -119,12 +119,12 @@ def _score(view: RunView, data: Path, threads: int | None) -> None:
     """Score the run's current checkpoint on `data/eval` (or the split directory `data`) on the CPU."""
     from unictr.checkpoint import load_model
     from unictr.train.evaluate import score_split, sliced_metrics
-    from unictr.train.loop import setup_runtime
+    from unictr.train.loop import setup_cpu_scoring
 
     split = data / "eval" if (data / "eval").is_dir() else data
     if not split.is_dir():
         raise ReportError(f"{data}: no such data directory (expected DATA/eval or a split directory)")
     model, _ = load_model(view.path)
-    setup_runtime(model.cfg.train.model_copy(update={"device": "cpu", **({"threads": threads} if threads else {})}))
+    setup_cpu_scoring(model.cfg.train, threads)
     view.schema, view.scored = model.schema, score_split(model, split)
     view.metrics, view.metrics_source = sliced_metrics(model.schema, view.scored), f"scored on {split}"

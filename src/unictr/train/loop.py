@@ -29,6 +29,7 @@ from unictr.data.batch import Batch, Schema
 from unictr.data.stream import Unit, estimated_minibatches, split_units, user_chunks
 from unictr.model import UnifiedCTR, masked_bce
 from unictr.modules.embedding import RowwiseAdagrad
+from unictr.threads import resolve_threads
 from unictr.train import distributed
 from unictr.train.checkpoints import CheckpointStore
 from unictr.train.distributed import Dist
@@ -49,13 +50,19 @@ def resolve_device(name: str) -> torch.device:
 
 def setup_runtime(spec: TrainSpec) -> torch.device:
     """Threads, seed, TF32 on CUDA; returns the device."""
-    torch.set_num_threads(spec.threads)
+    torch.set_num_threads(resolve_threads(spec.threads))
     torch.manual_seed(spec.seed)
     device = resolve_device(spec.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+def setup_cpu_scoring(spec: TrainSpec, threads: int | None = None) -> torch.device:
+    """The runtime of a job that scores a run on the CPU (eval, monitor, report): its training spec's threads
+    unless `threads` is given."""
+    return setup_runtime(spec.model_copy(update={"device": "cpu", **({"threads": threads} if threads else {})}))
 
 
 def make_optimizer(model: UnifiedCTR, spec: TrainSpec) -> torch.optim.AdamW:
