@@ -28,6 +28,8 @@ from unictr.calibration.fit import fit_scoped
 from unictr.checkpoint import MANIFEST, MODEL_FILE, current_dir, load_model, sha256_file, write_checkpoint
 from unictr.config import Config, with_changes
 from unictr.data.batch import Batch, Schema
+from unictr.data.canonical import CALIB_HINT, split_path
+from unictr.data.errors import DataError
 from unictr.data.reader import load_split, split_files
 from unictr.model import UnifiedCTR
 from unictr.train.evaluate import predict_logits
@@ -111,6 +113,24 @@ def fit_posthoc(
     return tensors, report
 
 
+def calibration_split(data: Path, split: str, allow_eval_split: bool = False) -> Path:
+    """The split directory a calibration fits on: `data/split` or the split directory `data`.
+
+    Fitting on `eval` is refused unless `allow_eval_split` (`eval`, the gate and `promote --eval-data`
+    then score the rows the map was fitted to, so the ratio reads 1.0 whatever the model does); a
+    missing split says how to make a calib split."""
+    if split == "eval" and not allow_eval_split:
+        raise CalibrationError(
+            "refusing to fit calibration on the eval split: eval and the promotion gate score those rows, so "
+            "they would report the fit, not the model; fit on --split calib (" + CALIB_HINT + "), or pass "
+            "--allow-eval-split if these rows are really held out"
+        )
+    try:
+        return split_path(data, split)
+    except DataError as e:
+        raise CalibrationError(str(e)) from None
+
+
 def _check_choices(method: str, scope: str) -> None:
     if method not in METHODS:
         raise CalibrationError(f"method must be one of {METHODS}, got {method!r}")
@@ -129,16 +149,19 @@ def calibrate_run(
     out: str | Path,
     method: str,
     scope: str = "view_type",
-    split: str = "eval",
+    split: str = "calib",
     min_rows: int = 1000,
+    allow_eval_split: bool = False,
 ) -> dict[str, Any]:
     """Fit post-hoc calibration of `run` on `data/<split>` (or the split directory `data`) into the new run `out`.
 
     `run` is left unchanged (a calibrated run is re-fitted from its logits before the post-hoc stage).
+    `split="eval"` is refused unless `allow_eval_split`: the fit would see the rows it is judged on.
     Returns the new run's manifest.
     """
     run, data, out = Path(run), Path(data), Path(out)
     _check_choices(method, scope)
+    split_dir = calibration_split(data, split, allow_eval_split)
     if out.resolve() == run.resolve():
         raise CalibrationError(f"{out} is the source run; write the calibrated run to a new directory")
     if min_rows < 1:
@@ -146,7 +169,6 @@ def calibrate_run(
     source, source_manifest = load_model(run)
     base = without_posthoc(source)
     setup_runtime(base.cfg.train.model_copy(update={"device": "cpu"}))
-    split_dir = data / split if (data / split).is_dir() else data
     b = load_split(split_dir, base.schema, base.cfg.data)
     tensors, report = fit_posthoc(base.schema, b, predict_logits(base, b), method, scope, min_rows)
 
