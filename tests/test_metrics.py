@@ -11,10 +11,12 @@ from unictr.metrics import (
     auc,
     bootstrap_auc_diff,
     calibration_ratio,
+    calibration_z,
     ece,
     logloss,
     metric_block,
     normalized_entropy,
+    ratio_interval,
     reliability_bins,
 )
 
@@ -93,6 +95,37 @@ def test_normalized_entropy() -> None:
 def test_calibration_ratio() -> None:
     assert calibration_ratio([0, 1, 1, 0], [0.5, 0.5, 0.5, 0.7]) == pytest.approx(0.55 / 0.5)
     assert math.isnan(calibration_ratio([0, 0], [0.1, 0.2]))
+
+
+def test_calibration_z_and_ratio_interval_hand_computed() -> None:
+    # sum p = 1.2, sum y = 2, V = .25 + .16 + .09 + .24 = .74, h = 1.959964 * sqrt(.74) = 1.686025
+    y, p = [1, 0, 0, 1], [0.5, 0.2, 0.1, 0.4]
+    assert calibration_z(y, p) == pytest.approx(-0.8 / math.sqrt(0.74), abs=1e-12)
+    assert calibration_z(y, p) == pytest.approx(-0.929981, abs=1e-6)
+    lo, hi = ratio_interval(y, p)
+    assert (lo, hi) == pytest.approx((1.2 / 3.686025, 1.2 / 0.313975), rel=1e-5)
+    assert (lo, hi) == pytest.approx((0.325554, 3.821958), abs=1e-6)
+    # 100 rows at p = .1: sum p = 10, V = 9, h = 1.959964 * 3 = 5.879892
+    p100 = np.full(100, 0.1)
+    y15 = np.r_[np.ones(15), np.zeros(85)]
+    assert calibration_z(y15, p100) == pytest.approx(-5 / 3, abs=1e-12)
+    assert ratio_interval(y15, p100) == pytest.approx((10 / 20.879892, 10 / 9.120108), rel=1e-6)
+    assert ratio_interval(y15, p100, level=0.5)[0] > ratio_interval(y15, p100)[0]
+
+
+def test_ratio_interval_agrees_with_z_and_handles_edges() -> None:
+    p100 = np.full(100, 0.1)
+    for pos in range(0, 31):
+        y = np.r_[np.ones(pos), np.zeros(100 - pos)]
+        lo, hi = ratio_interval(y, p100)
+        assert (lo <= 1.0 <= hi) == (abs(calibration_z(y, p100)) <= 1.959964)
+    lo, hi = ratio_interval(np.zeros(100), p100)  # no positives: ratio undefined, only a lower bound
+    assert math.isnan(calibration_ratio(np.zeros(100), p100))
+    assert lo == pytest.approx(10 / 5.879892, rel=1e-6) and hi == math.inf
+    assert math.isnan(calibration_z([], [])) and all(math.isnan(v) for v in ratio_interval([], []))
+    assert math.isnan(calibration_z([0, 1], [0.0, 1.0]))
+    with pytest.raises(ValueError, match="level must be in"):
+        ratio_interval([1], [0.5], level=1.0)
 
 
 def test_ece_hand_computed_even_bins() -> None:

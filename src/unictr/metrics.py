@@ -1,15 +1,17 @@
 """Offline evaluation metrics for binary engagement labels (pure numpy, vectorised).
 
-Ranking (AUC), probability quality (log loss, normalized entropy) and calibration (ratio, equal-mass
-ECE, reliability bins), plus a paired bootstrap interval for the AUC difference of two models. Labels
-are 0/1, predictions are probabilities. Every metric returns nan where it is undefined (one class
-absent, empty input) instead of raising, so a report over many slices never breaks on a thin one.
+Ranking (AUC), probability quality (log loss, normalized entropy) and calibration (ratio with its
+interval and z-score, equal-mass ECE, reliability bins), plus a paired bootstrap interval for the AUC
+difference of two models. Labels are 0/1, predictions are probabilities. Every metric returns nan
+where it is undefined (one class absent, empty input) instead of raising, so a report over many
+slices never breaks on a thin one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -95,6 +97,46 @@ def calibration_ratio(y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[
     if y.size == 0 or y.sum() == 0:
         return math.nan
     return float(p.mean() / y.mean())
+
+
+def calibration_z(y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float]) -> float:
+    """Calibration z-score (sum p - sum y) / sqrt(sum p(1 - p)): > 0 over-predicts.
+
+    Given the predictions, a calibrated model's labels are independent Bernoulli(p_i), so sum y has
+    mean sum p and variance sum p(1 - p); z is then about N(0, 1) whatever the slice size, which makes
+    one threshold meaningful for a big surface and a thin one alike. nan on empty input or when the
+    variance is zero (every p is 0 or 1).
+    """
+    y, p = _as_arrays(y, p)
+    var = float(np.sum(p * (1.0 - p)))
+    if y.size == 0 or var <= 0.0:
+        return math.nan
+    return float((p.sum() - y.sum()) / math.sqrt(var))
+
+
+def ratio_interval(
+    y: np.ndarray | Sequence[float], p: np.ndarray | Sequence[float], level: float = 0.95
+) -> tuple[float, float]:
+    """`level` interval of the calibration ratio sum p / sum y, from the sampling noise of sum y.
+
+    The predictions are fixed; the noise is in the labels. Under calibration sum y ~ sum p with
+    variance V = sum p(1 - p) (independent Bernoulli labels, normal approximation), so the expected
+    positive count lies in sum y -/+ z_level * sqrt(V) and the ratio in
+    [sum p / (sum y + h), sum p / (sum y - h)], h = z_level * sqrt(V). The interval contains 1 exactly
+    when |calibration_z| <= z_level, so it and the z-score never disagree. The upper end is inf when
+    sum y <= h (too few positives to bound it), which covers sum y = 0 (ratio itself undefined) with a
+    finite lower end. (nan, nan) on empty input or V = 0.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    y, p = _as_arrays(y, p)
+    var = float(np.sum(p * (1.0 - p)))
+    if y.size == 0 or var <= 0.0:
+        return math.nan, math.nan
+    half = NormalDist().inv_cdf(0.5 + level / 2.0) * math.sqrt(var)
+    sum_p, sum_y = float(p.sum()), float(y.sum())
+    upper = sum_p / (sum_y - half) if sum_y > half else math.inf
+    return sum_p / (sum_y + half), upper
 
 
 def reliability_bins(
