@@ -218,13 +218,26 @@ def calibrate_cmd(
                                  "(view type → surface → global)."),
     allow_eval_split: bool = typer.Option(
         False, "--allow-eval-split", help="Allow --split eval (the rows eval and the gate score: biased)."),
+    window_days: int | None = typer.Option(
+        None, help="Fit on the newest K days of the split only (days of the timestamp column)."),
+    half_life_days: float | None = typer.Option(
+        None, help="Recency weights: a row H days older than the newest day counts half."),
+    utc_offset_hours: float = typer.Option(0.0, help="Days start at midnight at this UTC offset (KuaiRand: 8)."),
+    prior_strength: float = typer.Option(
+        0.0, help="Platt only: shrink each key's fit towards its parent's (view type → surface → global), the "
+        "prior worth this many units of Σp(1-p) (≈ positives at low rates); 0: no shrinkage."),
 ) -> None:
-    """Fit post-hoc calibration per scope key and task; the new run applies it in its forward pass."""
-    from unictr.calibration.job import calibrate_run
+    """Fit post-hoc calibration per scope key and task; the new run applies it in its forward pass and differs
+    from RUN only in its calibration (a calibration-only version of RUN)."""
+    from unictr.calibration.job import Window, calibrate_run
 
     t0 = time.perf_counter()
-    manifest = calibrate_run(run, data, out, method, scope, split, min_rows, allow_eval_split)
+    window = (None if window_days is None and half_life_days is None and not utc_offset_hours
+              else Window(window_days, half_life_days, utc_offset_hours))
+    manifest = calibrate_run(run, data, out, method, scope, split, min_rows, allow_eval_split, window, prior_strength)
     info = manifest["calibration"]
+    for day, d in ((info.get("window") or {}).get("per_day") or {}).items():
+        console.print(f"day {day}: {d['rows']:,} rows, weight {d['weight']:.3f}")
     table = Table(title=f"{method} calibration per {scope} ({info['rows']:,} rows, min {min_rows} per key)")
     for col in ("task", "key", "rows", "fit used"):
         table.add_column(col, justify="right" if col == "rows" else "left")
