@@ -244,7 +244,8 @@ def fit_scoped(  # long: the chain walk, the shrinkage and the report are one pa
     shrinkage, each key's fit is a penalised Platt fit whose Gaussian prior is centred on its nearest
     fitted ancestor's (already shrunk) fit, worth `prior_strength` units of Σ w p(1-p) (`PlattPrior`); a
     key with little evidence stays near its parent, and a single-class key with >= `min_rows` rows is
-    fitted too (the prior keeps it finite).
+    fitted too (the prior keeps it finite). A Platt fit with slope a <= 0 (no ranking signal on the key's
+    rows; the map would reverse their order) is not kept: the key uses its ancestor's fit.
     """
     if method not in ("platt", "isotonic"):
         raise ValueError(f"unknown calibration method {method!r}")
@@ -281,7 +282,11 @@ def fit_scoped(  # long: the chain walk, the shrinkage and the report are one pa
             if method == "isotonic":
                 fits[k] = fit_isotonic(inputs[mask], t[mask], w=w[mask])
             else:
-                fits[k] = fit_platt(inputs[mask], t[mask], w[mask], priors.get(ancestor))
+                fit = fit_platt(inputs[mask], t[mask], w[mask], priors.get(ancestor))
+                if fit[0] <= 0 and k != root:  # no ranking signal here: a decreasing map would reverse the order
+                    report[k] = {"rows": n, "fell_back": True, "used": ancestor}
+                    continue
+                fits[k] = fit
                 if prior_strength > 0:
                     priors[k] = PlattPrior.from_fit(inputs[mask], w[mask], *fits[k], prior_strength)
             report[k] = {"rows": n, "fell_back": False, "used": k}

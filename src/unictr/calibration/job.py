@@ -220,9 +220,9 @@ def calibrate_run(  # long: argument checks, the fit, and the new run's manifest
     """
     run, data, out = Path(run), Path(data), Path(out)
     _check_choices(method, scope)
-    split_dir = calibration_split(data, split, allow_eval_split)
     if out.resolve() == run.resolve():
         raise CalibrationError(f"{out} is the source run; write the calibrated run to a new directory")
+    split_dir = calibration_split(data, split, allow_eval_split)
     if min_rows < 1:
         raise CalibrationError(f"min_rows must be >= 1, got {min_rows}")
     if prior_strength < 0 or (prior_strength > 0 and method != "platt"):
