@@ -39,7 +39,8 @@ def test_method_weights_use_only_earlier_days() -> None:
     day = np.array([0, 1, 2, 3, 4])
     plan = Plan("x", ("y",), window_days=2, half_life_days=1.0)
     assert method_weights("none", plan, day, 3, 2) is None
-    assert method_weights("once", plan, day, 4, 2).tolist() == [0, 1, 0, 0, 0]
+    assert method_weights("once", plan, day, 4, 2).tolist() == [0, 0, 1, 0, 0]  # D1 only
+    assert method_weights("once", plan, day, 2, 2).tolist() == [0, 1, 0, 0, 0]  # on D1: the day before
     assert method_weights("daily", plan, day, 4, 2).tolist() == [0, 0, 0, 1, 0]
     assert method_weights("windowed", plan, day, 4, 2).tolist() == [0, 0, 0.5, 1, 0]
 

@@ -5,7 +5,8 @@ method fits its Platt maps (per view type → surface → global, `calibration.j
 days before d only and scores day d:
 
 - `none`: no post-hoc map (the model's learned calibration only);
-- `once`: one fit on the last labelled day before the first scored day, never refitted;
+- `once`: one fit on the first scored day D1 only, used from D2 on and never refitted (on D1 itself,
+  before its labels exist, it fits on the day before, like every method);
 - `daily`: refitted each day on the previous day only;
 - `windowed`: refitted each day on the `window_days` days before it, recency-weighted (half-life) and
   hierarchically shrunk (`prior_strength`, see `calibration.fit.fit_scoped`).
@@ -102,8 +103,8 @@ def method_weights(method: str, plan: Plan, day: np.ndarray, scored: int, first:
     `first` is the first scored day."""
     if method == "none":
         return None
-    if method == "once":
-        return (day == first - 1).astype(np.float64)
+    if method == "once":  # D1's labels from D2 on; before them, like every method, the day before
+        return (day == (first if scored > first else first - 1)).astype(np.float64)
     if method == "daily":
         return (day == scored - 1).astype(np.float64)
     age = (scored - 1 - day).astype(np.float64)
@@ -158,7 +159,7 @@ def score_seed(schema: Schema, rows: Rows, logits: np.ndarray, plan: Plan) -> di
             if w is None:
                 probs = raw[rows_d]
             else:
-                key = ("once",) if method == "once" else (method, str(d))
+                key = ("once", str(min(d, scored_days[0] + 1))) if method == "once" else (method, str(d))
                 if key not in fits:
                     if not (w > 0).any():
                         raise DataError(f"recalibrate: {method} has no labelled rows before {_label(d)}")
@@ -259,7 +260,8 @@ def recal_markdown(report: dict[str, Any]) -> str:
         f"Trained on the days up to {plan['train_until']} (seeds {report.get('seeds')}); scored days "
         f"{', '.join(plan['days'])}. Windowed: {plan['window_days']} days, half-life {plan['half_life_days']} "
         f"days, prior strength {plan['prior_strength']}; min rows per key {plan['min_rows']}; days at UTC"
-        f"{plan['utc_offset_hours']:+g} h. `once` fits on the day before the first scored day. Fit days up to "
+        f"{plan['utc_offset_hours']:+g} h. `once` fits on the first scored day only (on that day itself, on the "
+        f"day before). Fit days up to "
         f"{plan['train_until']} are training days (in-sample logits).", "",
         f"Machine: {report.get('machine', {}).get('cpu')}, {report.get('machine', {}).get('nproc')} cores, "
         f"torch threads {report.get('machine', {}).get('torch_threads')}; wall {report.get('wall_seconds', 0):.0f} s.",
