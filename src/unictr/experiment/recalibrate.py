@@ -194,7 +194,6 @@ def run_recalibration(  # long: train per seed, score, write the report
     d0, _ = plan.day_numbers()
     schema = Schema.from_config(cfg)
     window = Window(utc_offset_hours=plan.utc_offset_hours)
-    rows = load_rows(data, schema, cfg, window)
     train_days = window.day_of(split_timestamps(data / "train", cfg.data.timestamp))
     if train_days.max() > d0:
         raise DataError(f"{data}: train/ must hold only the days up to {plan.train_until} (it ends on "
@@ -210,8 +209,9 @@ def run_recalibration(  # long: train per seed, score, write the report
             train(with_changes(cfg, "train", seed=seed), work / "data", work / f"seed{seed}", console=console,
                   show_progress=False)
             model, _ = load_model(work / f"seed{seed}")
+            rows = load_rows(data, model.schema, model.cfg, window)  # the trained model's own encoding
             logits = predict_logits(model, rows.batch).numpy()
-            per_seed[seed] = score_seed(schema, rows, logits, plan)
+            per_seed[seed] = score_seed(model.schema, rows, logits, plan)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = build_recal_report(per_seed, plan, surfaces or tuple(schema.surfaces), schema)
