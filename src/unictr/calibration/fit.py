@@ -3,7 +3,9 @@
 Fitting is pure numpy and deterministic. Isotonic maps are stored as monotone piecewise-linear knot
 tables, evaluated in torch by `unictr.modules.calibration` (the model's layer owns applying a map).
 Scoped fits follow a fallback chain (view_type -> surface -> global): a key with too little data, or a
-single class, borrows the fit of its nearest ancestor that has its own.
+single class, borrows the fit of its nearest ancestor that has its own. Every fitter takes sample
+weights (recency); Platt fits can be shrunk towards their ancestor's fit (`PlattPrior`), so a key with
+little evidence moves only as far as its data supports.
 """
 
 from __future__ import annotations

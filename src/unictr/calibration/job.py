@@ -8,8 +8,10 @@ keys). The new run holds the same weights plus those tensors, and its config nam
 `unictr eval`, export (safetensors and ONNX) and serving apply the calibration through the model's
 forward. The fit report (rows per key, fallbacks) goes into the new run's manifest.
 
-`split_by_time` carves a split into an earlier and a later part, e.g. a calibration day and an
-evaluation day, so the fit never sees the rows it is judged on.
+The fit reads the `calib` split by default (never `eval` unless allowed). `Window` restricts it to the
+newest days of the split and weights them by recency; the new run records its `parent` and
+`calibration_only: true`. `split_by_time` carves a split into an earlier and a later part, e.g. a
+calibration day and an evaluation day, so the fit never sees the rows it is judged on.
 """
 
 from __future__ import annotations
