@@ -163,3 +163,17 @@ def test_calibration_only_run_round_trips(days, tmp_path: Path) -> None:
     served = np.array([[row[t] for t in body["tasks"]] for row in body["predictions"]])
     assert np.allclose(served, Scorer.load(exports["recal"]).score(request).probabilities, atol=1e-6)
     assert not np.allclose(served, Scorer.load(exports["parent"]).score(request).probabilities, atol=1e-4)
+
+
+def test_a_decreasing_fit_keeps_its_ancestors_slope_and_its_own_mean() -> None:
+    rng = np.random.default_rng(3)
+    (zb, yb), (zs, _) = _draw(rng, 5000, 0.0), _draw(rng, 400, 0.0)
+    ys = (rng.random(zs.size) < 1.0 / (1.0 + np.exp(zs + 1.0))).astype(np.float64)  # anti-correlated labels
+    keys = [("s", "big")] * zb.size + [("s", "bad")] * zs.size
+    parents = {("s", "big"): ("s",), ("s", "bad"): ("s",), ("s",): ()}
+    cal = fit_scoped(np.r_[zb, zs], np.r_[yb, ys], keys, parents, min_rows=50)
+    a, b = (cal.tensors[n].numpy().astype(np.float64) for n in ("a", "b"))
+    bad, parent = cal.index[("s", "bad")], cal.index[("s",)]
+    assert fit_platt(zs, ys)[0] < 0 and a[bad] == pytest.approx(a[parent], rel=1e-5) and a[bad] > 0
+    mean = (1.0 / (1.0 + np.exp(-(a[bad] * zs + b[bad])))).mean()
+    assert mean == pytest.approx(ys.mean(), rel=1e-4)

@@ -226,6 +226,11 @@ def _chain(key: Hashable, parents: Mapping[Hashable, Hashable | None]) -> list[H
     return chain
 
 
+def _slope_fixed(fit: tuple[float, float]) -> PlattPrior:
+    """A prior that pins the slope at `fit`'s and leaves the intercept free (it still matches the mean)."""
+    return PlattPrior(fit, np.diag([1e12, 0.0]))
+
+
 def fit_scoped(  # long: the chain walk, the shrinkage and the report are one pass over the keys
     logits: np.ndarray | Sequence[float],
     y: np.ndarray | Sequence[float],
@@ -247,7 +252,8 @@ def fit_scoped(  # long: the chain walk, the shrinkage and the report are one pa
     fitted ancestor's (already shrunk) fit, worth `prior_strength` units of Σ w p(1-p) (`PlattPrior`); a
     key with little evidence stays near its parent, and a single-class key with >= `min_rows` rows is
     fitted too (the prior keeps it finite). A Platt fit with slope a <= 0 (no ranking signal on the key's
-    rows; the map would reverse their order) is not kept: the key uses its ancestor's fit.
+    rows; the map would reverse their order) is refitted with its ancestor's slope and its own intercept,
+    so the map stays increasing and still matches the key's mean.
     """
     if method not in ("platt", "isotonic"):
         raise ValueError(f"unknown calibration method {method!r}")
@@ -284,11 +290,9 @@ def fit_scoped(  # long: the chain walk, the shrinkage and the report are one pa
             if method == "isotonic":
                 fits[k] = fit_isotonic(inputs[mask], t[mask], w=w[mask])
             else:
-                fit = fit_platt(inputs[mask], t[mask], w[mask], priors.get(ancestor))
-                if fit[0] <= 0 and k != root:  # no ranking signal here: a decreasing map would reverse the order
-                    report[k] = {"rows": n, "fell_back": True, "used": ancestor}
-                    continue
-                fits[k] = fit
+                fits[k] = fit_platt(inputs[mask], t[mask], w[mask], priors.get(ancestor))
+                if fits[k][0] <= 0 and k != root:  # a decreasing map would reverse the key's order
+                    fits[k] = fit_platt(inputs[mask], t[mask], w[mask], _slope_fixed(fits[ancestor]))
                 if prior_strength > 0:
                     priors[k] = PlattPrior.from_fit(inputs[mask], w[mask], *fits[k], prior_strength)
             report[k] = {"rows": n, "fell_back": False, "used": k}
