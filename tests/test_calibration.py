@@ -120,7 +120,8 @@ def test_calibrate_round_trip(small_run, calibrated, method: str) -> None:
     assert (spec.posthoc, spec.posthoc_scope) == (method, "view_type")
     if method == "isotonic":
         assert spec.posthoc_knots == model.calibration.posthoc.x_knots.shape[-1] >= 2
-    assert manifest["calibration"]["method"] == method and manifest["source_run"]["path"] == str(run.resolve())
+    assert manifest["calibration"]["method"] == method and manifest["parent"]["path"] == str(run.resolve())
+    assert manifest["calibration_only"] is True
     assert {k for k in model.state_dict() if ".posthoc." in k} == {
         f"calibration.posthoc.{n}" for n in ({"a", "b"} if method == "platt" else {"x_knots", "y_knots"})}
 

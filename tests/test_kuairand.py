@@ -441,6 +441,28 @@ def test_eval_until_leaves_out_later_days(tmp_path):
 
 
 @needs_data
+def test_calib_from_writes_the_days_before_eval(tmp_path):
+    """`calib_from`: the days from it until eval_from form calib/, whole requests, ids growing split to split."""
+    log = _head(tmp_path, 3000, step=30)
+    with log.open(newline="") as f:
+        raw = [{k: int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    date_of = {(r["user_id"], r["video_id"], r["time_ms"]): r["date"] for r in raw}
+    meta = convert_kuairand([log], USERS, VIDEOS, None, "2022-04-29", tmp_path / "out", max_seq_len=8,
+                            calib_from="2022-04-28")
+    assert list(meta["splits"]) == ["train", "calib", "eval"] and meta["calib_from"] == "2022-04-28"
+    ids = {}
+    for split, days in {"train": {20220425, 20220426, 20220427}, "calib": {20220428},
+                        "eval": {20220429, 20220430}}.items():
+        t = pq.read_table(tmp_path / "out" / split).to_pylist()
+        assert {date_of[(r["user_id"], r["video_id"], r["timestamp"])] for r in t} == days, split
+        assert meta["splits"][split]["rows"] == len(t)
+        ids[split] = [r["request_id"] for r in t]
+    assert max(ids["train"]) < min(ids["calib"]) and max(ids["calib"]) < min(ids["eval"])
+    with pytest.raises(DataError, match="calib_from=2022-04-29: must be a day before eval_from"):
+        convert_kuairand([log], USERS, VIDEOS, None, "2022-04-29", tmp_path / "bad", calib_from="2022-04-29")
+
+
+@needs_data
 def test_user_file_as_log_raises(tmp_path):
     with pytest.raises(DataError) as e:
         convert_kuairand([USERS], USERS, VIDEOS, HISTORY, EVAL_FROM, tmp_path)

@@ -3,7 +3,9 @@
 Fitting is pure numpy and deterministic. Isotonic maps are stored as monotone piecewise-linear knot
 tables, evaluated in torch by `unictr.modules.calibration` (the model's layer owns applying a map).
 Scoped fits follow a fallback chain (view_type -> surface -> global): a key with too little data, or a
-single class, borrows the fit of its nearest ancestor that has its own.
+single class, borrows the fit of its nearest ancestor that has its own. Every fitter takes sample
+weights (recency); Platt fits can be shrunk towards their ancestor's fit (`PlattPrior`), so a key with
+little evidence moves only as far as its data supports.
 """
 
 from __future__ import annotations
@@ -25,35 +27,67 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
+@dataclass(frozen=True)
+class PlattPrior:
+    """A Gaussian prior on Platt's (a, b): mean `center`, 2×2 `precision` (in summed-weight units)."""
+
+    center: tuple[float, float]
+    precision: np.ndarray
+
+    @classmethod
+    def from_fit(
+        cls, logit: np.ndarray, w: np.ndarray, a: float, b: float, strength: float
+    ) -> PlattPrior:
+        """The prior centred on the fit (a, b) of rows `logit` (weights `w`), worth `strength` units of
+        their Fisher information Σ w p(1-p): precision = strength · H / Σ w p(1-p), H the rows' Hessian.
+
+        So the prior on b counts like `strength` units of Σ p(1-p) (≈ positives when rates are low), and the
+        prior on a is scaled by the rows' own logit spread: a key whose Σ w p(1-p) equals `strength` lands
+        about halfway between its own fit and the parent's."""
+        x = np.asarray(logit, dtype=np.float64)
+        v = np.asarray(w, dtype=np.float64) * (q := _sigmoid(a * x + b)) * (1.0 - q)
+        feats = np.stack([x, np.ones_like(x)], axis=1)
+        hess = (feats * v[:, None]).T @ feats
+        return cls((a, b), strength * hess / max(float(v.sum()), 1e-12))
+
+
 def fit_platt(
     logit: np.ndarray | Sequence[float],
     y: np.ndarray | Sequence[float],
     w: np.ndarray | Sequence[float] | None = None,
+    prior: PlattPrior | None = None,
 ) -> tuple[float, float]:
     """Fit p = sigmoid(a * logit + b) by Newton's method on the (weighted) mean log loss.
 
     A tiny L2 (1e-6 on a and b) keeps the Hessian invertible and the answer finite on separable data;
-    step halving guarantees the objective never increases. Starts from the identity map (a=1, b=0).
+    step halving guarantees the objective never increases. Starts from the identity map (a=1, b=0), or
+    from the prior's centre. With `prior`, the objective is the weighted log loss summed (not averaged)
+    plus the prior's quadratic penalty, divided by the total weight: a penalised (MAP) Platt fit.
     """
     x = np.asarray(logit, dtype=np.float64).reshape(-1)
     t = np.asarray(y, dtype=np.float64).reshape(-1)
     wt = np.ones_like(x) if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
-    if not x.shape == t.shape == wt.shape or x.size == 0:
-        raise ValueError(f"need equal non-empty shapes, got {x.shape}, {t.shape}, {wt.shape}")
-    wt = wt / wt.sum()
+    if not x.shape == t.shape == wt.shape or x.size == 0 or not wt.sum() > 0:
+        raise ValueError(f"need equal non-empty shapes and positive weight, got {x.shape}, {t.shape}, {wt.shape}")
+    total = wt.sum()
+    wt = wt / total
     feats = np.stack([x, np.ones_like(x)], axis=1)
+    center = np.zeros(2) if prior is None else np.asarray(prior.center, dtype=np.float64)
+    pen = np.zeros((2, 2)) if prior is None else prior.precision / total
+    pen = pen + PLATT_L2 * np.eye(2)
+    ridge = PLATT_L2 * center  # the tiny L2 pulls towards 0, as without a prior
 
     def loss(theta: np.ndarray) -> float:
         z = feats @ theta
-        nll = np.logaddexp(0.0, z) - t * z
-        return float(wt @ nll + 0.5 * PLATT_L2 * theta @ theta)
+        d = theta - center
+        return float(wt @ (np.logaddexp(0.0, z) - t * z) + 0.5 * d @ pen @ d + ridge @ d)
 
-    theta = np.array([1.0, 0.0])
+    theta = np.array([1.0, 0.0]) if prior is None else center.copy()
     cur = loss(theta)
     for _ in range(100):
         p = _sigmoid(feats @ theta)
-        grad = feats.T @ (wt * (p - t)) + PLATT_L2 * theta
-        hess = (feats * (wt * p * (1.0 - p))[:, None]).T @ feats + PLATT_L2 * np.eye(2)
+        grad = feats.T @ (wt * (p - t)) + pen @ (theta - center) + ridge
+        hess = (feats * (wt * p * (1.0 - p))[:, None]).T @ feats + pen
         step = np.linalg.solve(hess, grad)
         if np.abs(step).max() < 1e-10:
             break
@@ -108,7 +142,10 @@ def _mass_groups(weights: np.ndarray, n_groups: int) -> np.ndarray:
 
 
 def fit_isotonic(
-    p: np.ndarray | Sequence[float], y: np.ndarray | Sequence[float], max_knots: int = 64
+    p: np.ndarray | Sequence[float],
+    y: np.ndarray | Sequence[float],
+    max_knots: int = 64,
+    w: np.ndarray | Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Increasing isotonic regression of y on p as a monotone piecewise-linear knot table.
 
@@ -119,16 +156,18 @@ def fit_isotonic(
     of the rows each, one knot per group at its weighted mean (p, y); merging contiguous blocks keeps
     the table monotone.
     Knot y values are clipped to [1e-6, 1 - 1e-6]. Returns strictly increasing x and non-decreasing y.
+    `w`: positive sample weights (default 1 each).
     """
     if max_knots < 2:
         raise ValueError("max_knots must be >= 2")
     pv = np.asarray(p, dtype=np.float64).reshape(-1)
     yv = np.asarray(y, dtype=np.float64).reshape(-1)
-    if pv.shape != yv.shape or pv.size == 0:
-        raise ValueError(f"need equal non-empty shapes, got {pv.shape}, {yv.shape}")
+    wv = np.ones_like(pv) if w is None else np.asarray(w, dtype=np.float64).reshape(-1)
+    if not pv.shape == yv.shape == wv.shape or pv.size == 0 or not (wv > 0).all():
+        raise ValueError(f"need equal non-empty shapes and positive weights, got {pv.shape}, {yv.shape}, {wv.shape}")
     ux, inv = np.unique(pv, return_inverse=True)
-    uw = np.bincount(inv).astype(np.float64)
-    uy = np.bincount(inv, weights=yv) / uw
+    uw = np.bincount(inv, weights=wv)
+    uy = np.bincount(inv, weights=yv * wv) / uw
     starts, means, weights = _pav(uy, uw)
     ends = np.r_[starts[1:], ux.size] - 1
     xk = np.stack([ux[starts], ux[ends]], axis=1).reshape(-1)
@@ -187,13 +226,20 @@ def _chain(key: Hashable, parents: Mapping[Hashable, Hashable | None]) -> list[H
     return chain
 
 
-def fit_scoped(
+def _slope_fixed(fit: tuple[float, float]) -> PlattPrior:
+    """A prior that pins the slope at `fit`'s and leaves the intercept free (it still matches the mean)."""
+    return PlattPrior(fit, np.diag([1e12, 0.0]))
+
+
+def fit_scoped(  # long: the chain walk, the shrinkage and the report are one pass over the keys
     logits: np.ndarray | Sequence[float],
     y: np.ndarray | Sequence[float],
     keys: Sequence[Hashable] | np.ndarray,
     parents: Mapping[Hashable, Hashable | None],
     min_rows: int = 200,
     method: Literal["platt", "isotonic"] = "platt",
+    weights: np.ndarray | Sequence[float] | None = None,
+    prior_strength: float = 0.0,
 ) -> ScopedCalibration:
     """Fit a calibration per scope key with fallback to the parent chain.
 
@@ -201,17 +247,27 @@ def fit_scoped(
     surface -> global). A key's rows are its own rows plus all its descendants', so the single root is
     fitted on all rows. Keys with < `min_rows` rows or one class use the nearest ancestor's own fit.
     Every key named in `keys` or `parents` gets a row, so unseen keys still resolve at serving time.
+    `weights`: positive sample weights (e.g. recency). `prior_strength` > 0 (Platt only): hierarchical
+    shrinkage, each key's fit is a penalised Platt fit whose Gaussian prior is centred on its nearest
+    fitted ancestor's (already shrunk) fit, worth `prior_strength` units of Σ w p(1-p) (`PlattPrior`); a
+    key with little evidence stays near its parent, and a single-class key with >= `min_rows` rows is
+    fitted too (the prior keeps it finite). A Platt fit with slope a <= 0 (no ranking signal on the key's
+    rows; the map would reverse their order) is refitted with its ancestor's slope and its own intercept,
+    so the map stays increasing and still matches the key's mean.
     """
     if method not in ("platt", "isotonic"):
         raise ValueError(f"unknown calibration method {method!r}")
+    if prior_strength < 0 or (prior_strength > 0 and method != "platt"):
+        raise ValueError(f"prior_strength must be >= 0 and is for method 'platt' only, got {prior_strength}")
     z = np.asarray(logits, dtype=np.float64).reshape(-1)
     t = np.asarray(y, dtype=np.float64).reshape(-1)
+    w = np.ones_like(z) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
     if isinstance(keys, np.ndarray):
         keys = keys.tolist()  # numpy scalars -> Python values, so report keys match `parents`
     codes: dict[Hashable, int] = {}
     leaf = np.fromiter((codes.setdefault(k, len(codes)) for k in keys), dtype=np.int64, count=len(keys))
-    if not z.shape == t.shape == leaf.shape:
-        raise ValueError(f"shape mismatch: logits {z.shape}, y {t.shape}, keys {leaf.shape}")
+    if not z.shape == t.shape == leaf.shape == w.shape:
+        raise ValueError(f"shape mismatch: logits {z.shape}, y {t.shape}, keys {leaf.shape}, weights {w.shape}")
     named = [*codes, *parents, *(v for v in parents.values() if v is not None)]
     chains = {k: _chain(k, parents) for k in named}
     roots = {c[-1] for c in chains.values()}
@@ -220,20 +276,28 @@ def fit_scoped(
     root = roots.pop()
     all_keys = tuple(sorted(chains, key=lambda k: (len(chains[k]), repr(k))))  # ancestors first
 
-    fit, inputs = (fit_platt, z) if method == "platt" else (fit_isotonic, _sigmoid(z))
+    inputs = z if method == "platt" else _sigmoid(z)
     fits: dict[Hashable, tuple] = {}
+    priors: dict[Hashable, PlattPrior] = {}  # per fitted key: the prior its children get
     report: dict[Hashable, dict[str, object]] = {}
     for k in all_keys:
         mask = np.isin(leaf, [code for leaf_key, code in codes.items() if k in chains[leaf_key]])
         n, pos = int(mask.sum()), float(t[mask].sum())
         if k == root and not 0 < pos < n:
             raise ValueError("cannot calibrate: the root scope has a single class (or no rows)")
-        if k == root or (n >= min_rows and 0 < pos < n):
-            fits[k] = fit(inputs[mask], t[mask])
+        ancestor = next((a for a in chains[k][1:] if a in fits), None)
+        if k == root or (n >= min_rows and (0 < pos < n or prior_strength > 0)):
+            if method == "isotonic":
+                fits[k] = fit_isotonic(inputs[mask], t[mask], w=w[mask])
+            else:
+                fits[k] = fit_platt(inputs[mask], t[mask], w[mask], priors.get(ancestor))
+                if fits[k][0] <= 0 and k != root:  # a decreasing map would reverse the key's order
+                    fits[k] = fit_platt(inputs[mask], t[mask], w[mask], _slope_fixed(fits[ancestor]))
+                if prior_strength > 0:
+                    priors[k] = PlattPrior.from_fit(inputs[mask], w[mask], *fits[k], prior_strength)
             report[k] = {"rows": n, "fell_back": False, "used": k}
         else:
-            used = next(a for a in chains[k][1:] if a in fits)
-            report[k] = {"rows": n, "fell_back": True, "used": used}
+            report[k] = {"rows": n, "fell_back": True, "used": ancestor}
 
     per_key = [fits[report[k]["used"]] for k in all_keys]
     if method == "platt":

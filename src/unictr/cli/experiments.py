@@ -90,3 +90,57 @@ def experiment_unify(
                       f"{r['params']:,}")
     print_table(table)
     console.print(f"report: {out / 'report.md'}")
+
+
+@experiment_app.command("recalibrate")
+def experiment_recalibrate(
+    config: Path = typer.Option(..., help="YAML config, e.g. configs/kuairand.yaml."),
+    data: Path = typer.Option(..., help="Data directory: train/ holds the days up to --train-until, the other "
+                              "splits (calib/, eval/) the later days."),
+    train_until: str = typer.Option(..., help="Last training day, YYYY-MM-DD."),
+    days: str = typer.Option(..., help="Scored days, YYYY-MM-DD, comma-separated (e.g. 2022-04-28,2022-04-29)."),
+    out: Path = typer.Option(..., help="Report directory: report.md, report.json."),
+    seeds: str = typer.Option("0", help="Comma-separated training seeds."),
+    window_days: int = typer.Option(3, help="Windowed method: days before the scored day it fits on."),
+    half_life_days: float = typer.Option(1.0, help="Windowed method: recency half-life in days."),
+    prior_strength: float = typer.Option(100.0, help="Windowed method: shrinkage towards the parent key's fit, "
+                                         "in units of Σp(1-p) (≈ positives at low rates)."),
+    min_rows: int = typer.Option(200, help="Keys with fewer fit rows use their parent's fit."),
+    utc_offset_hours: float = typer.Option(0.0, help="Days start at midnight at this UTC offset (KuaiRand: 8)."),
+    surfaces: str | None = typer.Option(None, help="Comma-separated surfaces the summary averages over "
+                                        "(default: all)."),
+    sets: list[str] = set_option(),
+    threads: int | None = threads_option(),
+) -> None:
+    """Train once, then per later day refit post-hoc calibration on the days before it and score the day: no
+    post-hoc map vs calibrate once vs daily refit vs windowed + shrunk refit (docs/calibration.md)."""
+    import shlex
+
+    from unictr.experiment.recalibrate import Plan, run_recalibration
+
+    cfg = load_config(config, overrides(sets, threads))
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    plan = Plan(train_until, tuple(d.strip() for d in days.split(",") if d.strip()), window_days, half_life_days,
+                prior_strength, min_rows, utc_offset_hours)
+    named = tuple(s.strip() for s in surfaces.split(",")) if surfaces else None
+    command = shlex.join(["unictr", "experiment", "recalibrate", "--config", str(config), "--data", str(data),
+                          "--train-until", train_until, "--days", days, "--out", str(out), "--seeds", seeds,
+                          "--window-days", str(window_days), "--half-life-days", str(half_life_days),
+                          "--prior-strength", str(prior_strength), "--min-rows", str(min_rows),
+                          "--utc-offset-hours", str(utc_offset_hours)] + (["--surfaces", surfaces] if surfaces else [])
+                         + [f"--set={o}" for o in overrides(sets, threads)])
+    report = run_recalibration(cfg, data, out, plan, seed_list, named, command, console)
+    table = Table(title=f"summary over {', '.join(report['summary_surfaces'])} × days × seeds")
+    for col in ("task", "method", "mean z²", "mean |log ratio|", "mean ECE", "cells"):
+        table.add_column(col, justify="left" if col in ("task", "method") else "right")
+    for t in report["tasks"]:
+        for m in report["methods"]:
+            r = report["summary"].get(m, {}).get(t)
+            if r:
+                table.add_row(t, m, f"{r['mean_z2']:.2f}", f"{r['mean_abs_log_ratio']:.4f}", f"{r['mean_ece']:.4f}",
+                              str(r["cells"]))
+    print_table(table)
+    console.print(f"report: {out / 'report.md'}")

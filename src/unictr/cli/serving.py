@@ -147,11 +147,13 @@ def registry_list(registry: Path = typer.Option(..., help="Registry directory.")
     rows = _registry_call(lambda r: [(row, r.integrity(row["surface"], row["version"])) for row in r.listing()],
                           registry)
     table = Table(title=str(registry))
-    for col in ("surface", "version", "role", "integrity", "published", "tasks", "source run"):
+    for col in ("surface", "version", "role", "integrity", "published", "tasks", "source run", "lineage"):
         table.add_column(col)
     for r, integrity in rows:
+        lineage = "-" if not r.get("calibration_only") else (
+            f"calibration-only of {r.get('parent_version') or Path(r.get('parent_run') or '?').name}")
         table.add_row(r["surface"], r["version"], r["role"], escape(integrity), r.get("published_at", "-"),
-                      ",".join(r.get("tasks") or []), str(r.get("source_run") or "-"))
+                      ",".join(r.get("tasks") or []), str(r.get("source_run") or "-"), lineage)
     print_table(table)
 
 

@@ -33,6 +33,9 @@ def data_simulate(
     drift_surface: str | None = typer.Option(None, help="Make this surface's click rate drift day by day."),
     drift_per_day: float = typer.Option(0.15, help="With --drift-surface: click logit added per day (0.15: "
                                         "odds x1.16 a day)."),
+    calib_fraction: float = typer.Option(
+        0.0, help="Also write calib/: this fraction of requests, in time order between train and eval "
+        "(what `unictr calibrate` fits on)."),
 ) -> None:
     """Write the built-in simulated world (known true probabilities) as canonical Parquet."""
     from unictr.data.simulate import simulate
@@ -40,8 +43,9 @@ def data_simulate(
 
     t0 = time.perf_counter()
     drift = None if drift_surface is None else Drift(drift_surface, drift_per_day)
-    meta = simulate(rows=rows, seed=seed, out=out, drift=drift)
-    console.print(f"wrote {meta.get('rows', rows):,} rows to {out} in {time.perf_counter() - t0:.1f}s")
+    meta = simulate(rows=rows, seed=seed, out=out, drift=drift, calib_fraction=calib_fraction)
+    splits = ", ".join(f"{s} {v['rows']:,}" for s, v in meta["splits"].items())
+    console.print(f"wrote {meta.get('rows', rows):,} rows to {out} ({splits}) in {time.perf_counter() - t0:.1f}s")
 
 
 @data_app.command("kuairand", context_settings={"allow_extra_args": True})
@@ -52,6 +56,9 @@ def data_kuairand(
     videos: Path = typer.Option(..., help="video_features_basic_pure.csv."),
     history: Path | None = typer.Option(None, help="Pre-window history Parquet (optional)."),
     eval_from: str = typer.Option(..., help="First eval day, YYYY-MM-DD (earlier log days are train)."),
+    calib_from: str | None = typer.Option(
+        None, help="First calib day, YYYY-MM-DD: days from it until --eval-from go to calib/ "
+        "(for `unictr calibrate`)."),
     eval_until: str | None = typer.Option(None, help="First day left out entirely (e.g. a validation split)."),
     max_seq_len: int = typer.Option(64, help="Newest sequence events kept per request."),
     engaged_only: bool = typer.Option(
@@ -59,7 +66,8 @@ def data_kuairand(
     ),
     out: Path = typer.Option(..., help="Output data directory (train/, eval/, meta.json)."),
 ) -> None:
-    """Convert the official KuaiRand-Pure files into canonical Parquet (train before --eval-from, eval after)."""
+    """Convert the official KuaiRand-Pure files into canonical Parquet (train before --eval-from, or before
+    --calib-from with calib/ until --eval-from; eval after)."""
     from unictr.data.kuairand import convert_kuairand
 
     extra = [a for a in ctx.args if a.startswith("-")]
@@ -68,7 +76,7 @@ def data_kuairand(
     t0 = time.perf_counter()
     meta = convert_kuairand(
         [*logs, *map(Path, ctx.args)], users, videos, history, eval_from, out,
-        max_seq_len=max_seq_len, eval_until=eval_until, engaged_only=engaged_only,
+        max_seq_len=max_seq_len, eval_until=eval_until, engaged_only=engaged_only, calib_from=calib_from,
     )
     splits = ", ".join(f"{s} {v['rows']:,} rows" for s, v in meta["splits"].items())
     console.print(f"wrote {out}: {splits} ({meta['duplicates_dropped']:,} duplicates dropped) "
@@ -210,16 +218,31 @@ def calibrate_cmd(
     out: Path = typer.Option(..., help="New run directory: the run's weights plus the fitted maps."),
     method: str = typer.Option(..., help="platt or isotonic."),
     scope: str = typer.Option("view_type", help="Key each map is fitted per: view_type, surface or global."),
-    split: str = typer.Option("eval", help="Split sub-directory to fit on."),
+    split: str = typer.Option("calib", help="Split sub-directory to fit on (`eval` only with --allow-eval-split)."),
     min_rows: int = typer.Option(1000, help="Keys with fewer rows (or one class) use their parent's fit "
                                  "(view type → surface → global)."),
+    allow_eval_split: bool = typer.Option(
+        False, "--allow-eval-split", help="Allow --split eval (the rows eval and the gate score: biased)."),
+    window_days: int | None = typer.Option(
+        None, help="Fit on the newest K days of the split only (days of the timestamp column)."),
+    half_life_days: float | None = typer.Option(
+        None, help="Recency weights: a row H days older than the newest day counts half."),
+    utc_offset_hours: float = typer.Option(0.0, help="Days start at midnight at this UTC offset (KuaiRand: 8)."),
+    prior_strength: float = typer.Option(
+        0.0, help="Platt only: shrink each key's fit towards its parent's (view type → surface → global), the "
+        "prior worth this many units of Σp(1-p) (≈ positives at low rates); 0: no shrinkage."),
 ) -> None:
-    """Fit post-hoc calibration per scope key and task; the new run applies it in its forward pass."""
-    from unictr.calibration.job import calibrate_run
+    """Fit post-hoc calibration per scope key and task; the new run applies it in its forward pass and differs
+    from RUN only in its calibration (a calibration-only version of RUN)."""
+    from unictr.calibration.job import Window, calibrate_run
 
     t0 = time.perf_counter()
-    manifest = calibrate_run(run, data, out, method, scope, split, min_rows)
+    window = (None if window_days is None and half_life_days is None and not utc_offset_hours
+              else Window(window_days, half_life_days, utc_offset_hours))
+    manifest = calibrate_run(run, data, out, method, scope, split, min_rows, allow_eval_split, window, prior_strength)
     info = manifest["calibration"]
+    for day, d in ((info.get("window") or {}).get("per_day") or {}).items():
+        console.print(f"day {day}: {d['rows']:,} rows, weight {d['weight']:.3f}")
     table = Table(title=f"{method} calibration per {scope} ({info['rows']:,} rows, min {min_rows} per key)")
     for col in ("task", "key", "rows", "fit used"):
         table.add_column(col, justify="right" if col == "rows" else "left")

@@ -15,6 +15,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from unictr.data.errors import DataError
+
+# The splits a data directory may hold, in time order: the model trains on `train`, post-hoc
+# calibration is fitted on `calib` (a slice after training, before evaluation) and `eval` is scored.
+SPLITS = ("train", "calib", "eval")
+CALIB_HINT = (
+    "make one with `unictr data simulate --calib-fraction F` or `unictr data kuairand --calib-from DATE`, "
+    "or cut one from a later split with unictr.calibration.job.split_by_time"
+)
+
 
 @dataclass(frozen=True)
 class ParquetOptions:
@@ -43,6 +53,18 @@ def write_split(out: Path, split: str, tables: Iterable[pa.Table], options: Parq
         )
         names.append(name)
     return names
+
+
+def split_path(data: Path, split: str) -> Path:
+    """`data/split`, or `data` itself when it is a split directory (Parquet parts, no sub-directory
+    `split`); a missing split raises DataError naming it (and how to make a `calib` split)."""
+    data = Path(data)
+    if (data / split).is_dir():
+        return data / split
+    if data.is_dir() and any(data.glob("*.parquet")):
+        return data
+    hint = f"; {CALIB_HINT}" if split == "calib" else ""
+    raise DataError(f"{data}: no {split}/ split (and no Parquet parts directly in it){hint}")
 
 
 def write_meta(out: Path, meta: dict) -> None:

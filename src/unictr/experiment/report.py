@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from unictr.data.batch import Batch, Schema
+from unictr.data.canonical import SPLITS
 from unictr.experiment.arms import ArmRun, split_rows
 from unictr.metrics import auc, bootstrap_auc_diff, json_float
 from unictr.train.evaluate import Scored, sliced_metrics
@@ -105,11 +106,11 @@ def data_meta(data: Path) -> dict[str, Any]:
     """Where the data came from (its `meta.json` keys that matter) and the rows of each split."""
     meta_file = data / "meta.json"
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    keep = ("source", "licence", "eval_from", "eval_until", "rows")
+    keep = ("source", "licence", "calib_from", "calib_fraction", "eval_from", "eval_until", "rows")
     return (
         {"dir": str(data)}
         | {k: meta[k] for k in keep if k in meta}
-        | {"splits": {s: {"rows": split_rows(data / s)} for s in ("train", "eval")}}
+        | {"splits": {s: {"rows": split_rows(data / s)} for s in SPLITS if s != "calib" or (data / s).is_dir()}}
     )
 
 

@@ -70,6 +70,9 @@ def build_manifest(
             "manifest_sha256": sha256_file(current_dir(run_dir) / MANIFEST),
             "train_state": run_manifest.get("train_state"),
         },
+        # A run made by `unictr calibrate` differs from its parent run only in its calibration.
+        "calibration_only": bool(run_manifest.get("calibration_only", False)),
+        "parent": run_manifest.get("parent"),
         "metrics": ((run_manifest.get("metrics") or {}).get("surfaces") or {}).get(surface),
         "parity": parity,
         "files": files,

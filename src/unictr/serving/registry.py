@@ -233,9 +233,20 @@ class Registry:
                     "manifest_sha256": hashlib.sha256(raw).hexdigest(),
                     "source_run": manifest.get("source_run", {}).get("path"),
                     "tasks": manifest.get("tasks"),
+                    **self._lineage(surface, existing, manifest),
                     **({"signature": signature} if signature else {}),
                 }, tmp / PUBLISHED)
         return version
+
+    def _lineage(self, surface: str, versions: list[str], manifest: dict[str, Any]) -> dict[str, Any]:
+        """For an export of a calibration-only run: `calibration_only`, its `parent_run` and the published
+        `parent_version` exported from that run (None when none is); {} for any other export."""
+        if not manifest.get("calibration_only"):
+            return {}
+        parent = manifest.get("parent") or {}
+        found = [v for v in versions if _read_json(self.version_dir(surface, v) / MANIFEST).get("source_run", {})
+                 .get("manifest_sha256") == parent.get("manifest_sha256")]
+        return {"calibration_only": True, "parent_run": parent.get("path"), "parent_version": (found or [None])[-1]}
 
     def promote(
         self,

@@ -59,6 +59,17 @@ class _Options:
     eval_from: str
     eval_until: str | None
     split_day: int  # eval_from as YYYYMMDD, comparable with the log's `date`
+    calib_from: str | None
+    calib_day: int | None  # calib_from as YYYYMMDD
+
+    def split_code(self, date: np.ndarray) -> np.ndarray:
+        """Per log row, the index of its split in `self.splits` (dates before calib/eval_from: 0)."""
+        code = (date >= self.split_day).astype(np.int64)
+        return code if self.calib_day is None else code + (date >= self.calib_day)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "eval") if self.calib_day is None else ("train", "calib", "eval")
     until_day: int | None
     surfaces: dict[int, str]
     max_seq_len: int
@@ -79,6 +90,7 @@ def convert_kuairand(
     drop_duplicates: bool = True,
     eval_until: str | None = None,
     engaged_only: bool = False,
+    calib_from: str | None = None,
 ) -> dict:
     """Convert KuaiRand-Pure files into `out/{train,eval}/part-00000.parquet` + `out/meta.json`.
 
@@ -90,7 +102,8 @@ def convert_kuairand(
     repeat ~3% of impressions, a few with a different hour/date bucket); `eval_until`: first day
     not written at all (rows from it on are dropped, e.g. to hold out the last train day as a
     validation split); None keeps every day from `eval_from` on in eval; `engaged_only`: the log's
-    impressions without engagement stay out of the sequences.
+    impressions without engagement stay out of the sequences; `calib_from`: first calib day (YYYY-MM-DD,
+    before `eval_from`): days from it until `eval_from` go to `calib/` (post-hoc calibration fits there).
 
     Returns the meta dict written to `meta.json`. Bad inputs raise `DataError` naming the file.
     """
@@ -100,7 +113,7 @@ def convert_kuairand(
         videos=Path(videos),
         history=Path(history) if history is not None else None,
     )
-    opts = _check_options(eval_from, eval_until, surfaces, max_seq_len, request_gap_s, engaged_only)
+    opts = _check_options(eval_from, eval_until, surfaces, max_seq_len, request_gap_s, engaged_only, calib_from)
     log = read_logs(inputs.logs)
     user_table = read_users(inputs.users)
     video_table = read_videos(inputs.videos)
@@ -112,14 +125,14 @@ def convert_kuairand(
     raw_rows = len(log["user_id"])
     log, after_until = _drop_from_until(log, opts)
     log, dropped = drop_duplicate_rows(log) if drop_duplicates else (log, 0)
-    log, requests = group_requests(log, int(round(request_gap_s * 1000)), log["date"] >= opts.split_day)
+    log, requests = group_requests(log, int(round(request_gap_s * 1000)), opts.split_code(log["date"]))
     sequences = request_sequences(log, hist, engaged_only, video_table, requests, max_seq_len)
     cols = _columns(log, requests, user_table, video_table, (hist_uid, hist_counts), opts.surfaces, inputs.logs)
 
     counts = {"raw_rows": raw_rows, "duplicates_dropped": dropped, "rows": len(log["user_id"])}
     meta = _meta(inputs, opts, after_until, counts | {"requests": int(len(requests.first))})
     out = Path(out)
-    meta["splits"] = _write_splits(out, log, cols, requests, sequences, opts.eval_from, opts.split_day)
+    meta["splits"] = _write_splits(out, log, cols, requests, sequences, opts)
     write_meta(out, meta)
     return meta
 
@@ -131,17 +144,24 @@ def _check_options(
     max_seq_len: int,
     request_gap_s: float,
     engaged_only: bool,
+    calib_from: str | None = None,
 ) -> _Options:
-    """The settings, checked: days parsed, surface names non-empty."""
+    """The settings, checked: days parsed (calib_from before eval_from), surface names non-empty."""
     if max_seq_len < 0:
         raise DataError(f"max_seq_len must be >= 0, got {max_seq_len}")
     split_day = _parse_day(eval_from)
     until_day = _parse_day(eval_until, "eval_until") if eval_until is not None else None
+    calib_day = _parse_day(calib_from, "calib_from") if calib_from is not None else None
+    if calib_day is not None and calib_day >= split_day:
+        raise DataError(f"calib_from={calib_from}: must be a day before eval_from={eval_from}")
     mapping = dict(DEFAULT_SURFACES if surfaces is None else surfaces)
     for k, v in mapping.items():
         if not isinstance(v, str) or not v:
             raise DataError(f"surfaces: tab {k!r} maps to {v!r}, expected a non-empty name")
-    return _Options(eval_from, eval_until, split_day, until_day, mapping, max_seq_len, request_gap_s, engaged_only)
+    return _Options(
+        eval_from, eval_until, split_day, calib_from, calib_day, until_day, mapping, max_seq_len, request_gap_s,
+        engaged_only,
+    )
 
 
 def _columns(
@@ -191,9 +211,11 @@ def _meta(inputs: _Inputs, opts: _Options, after_until: int, counts: dict[str, i
         },
         "sha256": {str(p): _sha256(p) for p in inputs.all()},
         "eval_from": opts.eval_from,
+        "calib_from": opts.calib_from,
         "eval_until": opts.eval_until,
         "rows_from_eval_until_dropped": after_until,
-        "split_rule": "train: log date < eval_from; eval: eval_from <= date (< eval_until when given)",
+        "split_rule": "train: log date < eval_from (< calib_from when given); calib: calib_from <= date < "
+        "eval_from; eval: eval_from <= date (< eval_until when given)",
         "surfaces": {str(k): v for k, v in sorted(opts.surfaces.items())} | {"*": OTHER_SURFACE},
         "view_type": "is_rand: 0 organic, 1 random",
         "max_seq_len": opts.max_seq_len,
@@ -220,20 +242,20 @@ def _write_splits(
     cols: dict[str, np.ndarray],
     requests: Requests,
     sequences: Sequences,
-    eval_from: str,
-    split_day: int,
+    opts: _Options,
 ) -> dict[str, dict]:
-    """Write train (`date` < `split_day`) and eval; return their statistics for `meta.json`.
+    """Write train, calib (with `calib_from`) and eval by the log's `date`; return their statistics.
 
     Splits hold whole requests: a request never crosses a day boundary of `date`."""
-    is_train = log["date"] < split_day
+    code = opts.split_code(log["date"])
     out.mkdir(parents=True, exist_ok=True)
     stats = {}
-    for split, mask in (("train", is_train), ("eval", ~is_train)):
-        rows = np.flatnonzero(mask)
+    for i, split in enumerate(opts.splits):
+        rows = np.flatnonzero(code == i)
         if len(rows) == 0:
             lo, hi = int(log["date"].min()), int(log["date"].max())
-            raise DataError(f"eval_from={eval_from}: the {split} split is empty (log dates run {lo} .. {hi})")
+            raise DataError(f"eval_from={opts.eval_from}, calib_from={opts.calib_from}: the {split} split is "
+                            f"empty (log dates run {lo} .. {hi})")
         req = requests.index_of_row[rows]
         lengths = (sequences.end - sequences.start)[req]
         write_split(out, split, [_table(cols, sequences, rows, sequences.start[req], lengths)], PARQUET)

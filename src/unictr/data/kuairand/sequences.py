@@ -42,10 +42,11 @@ class Sequences:
 
 
 def group_requests(
-    log: dict[str, np.ndarray], gap_ms: int, is_eval: np.ndarray
+    log: dict[str, np.ndarray], gap_ms: int, split: np.ndarray
 ) -> tuple[dict[str, np.ndarray], Requests]:
-    """The log sorted by request id, then time, and its requests (see `_request_ids`)."""
-    rid = _request_ids(log, gap_ms, is_eval)
+    """The log sorted by request id, then time, and its requests (see `_request_ids`); `split` is each
+    row's split in time order (0 train, then calib, eval), so ids grow from split to split."""
+    rid = _request_ids(log, gap_ms, split)
     order = np.lexsort((np.arange(len(rid)), log["time_ms"], rid))  # rows by request, then time
     log = {k: v[order] for k, v in log.items()}
     rid = rid[order]
@@ -93,7 +94,7 @@ def _request_ids(log: dict[str, np.ndarray], gap_ms: int, split: np.ndarray) -> 
     """Group each user's consecutive impressions (same tab, same (date, hourmin), gap <= gap_ms).
 
     Ids are numbered by (split, first impression time, user): they grow with time within a split and
-    every eval id is above every train id."""
+    every id of a later split is above every id of an earlier one."""
     u, t = log["user_id"], log["time_ms"]
     n = len(u)
     order = np.lexsort((np.arange(n), t, u))

@@ -186,12 +186,19 @@ def _is_simulation(out: Path) -> bool:
 
 
 def simulate(
-    rows: int, seed: int, out: Path, eval_fraction: float = 0.2, config: Config | None = None,
+    rows: int,
+    seed: int,
+    out: Path,
+    eval_fraction: float = 0.2,
+    config: Config | None = None,
+    calib_fraction: float = 0.0,
     drift: Drift | None = None,
 ) -> dict:
-    """Simulate `rows` impressions and write them under `out` (train/, eval/, meta.json).
+    """Simulate `rows` impressions and write them under `out` (train/, [calib/,] eval/, meta.json).
 
-    The eval split is the last `eval_fraction` of requests in time order. `config`, when given, is
+    The eval split is the last `eval_fraction` of requests in time order; with `calib_fraction` > 0 the
+    `calib_fraction` of requests just before it form the calib split (fitting post-hoc calibration on
+    rows after training and before evaluation). `config`, when given, is
     checked against the simulated columns and names the key and sequence columns. `drift` makes one
     surface's click rate drift day by day (`Drift`; recorded in the meta). An existing `out`
     is replaced only if it is empty or holds a previous simulation. Returns the meta dict.
@@ -200,6 +207,8 @@ def simulate(
         raise ValueError(f"rows must be at least 100 to split train/eval, got {rows}")
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+    if not 0.0 <= calib_fraction < 1.0 - eval_fraction:
+        raise ValueError(f"calib_fraction must be in [0, 1 - eval_fraction), got {calib_fraction}")
     out = Path(out)
     if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or _is_simulation(out))):
         raise FileExistsError(f"{out}: exists and is not a previous simulation; refusing to replace it")
@@ -212,7 +221,7 @@ def simulate(
     try:
         meta_splits = {
             split: _write_split(tmp, split, world, bounds, keys, seq_spec)
-            for split, bounds in _splits(world, rows, eval_fraction).items()
+            for split, bounds in _splits(world, rows, eval_fraction, calib_fraction).items()
         }
         meta = {
             "generator": GENERATOR,
@@ -221,6 +230,7 @@ def simulate(
             "rows": rows,
             "requests": len(world.requests.user),
             "eval_fraction": eval_fraction,
+            "calib_fraction": calib_fraction,
             "users": len(world.users.ids),
             "ads": NUM_ADS,
             "topics": NUM_TOPICS,
@@ -236,13 +246,23 @@ def simulate(
     return meta
 
 
-def _splits(world: World, rows: int, eval_fraction: float) -> dict[str, tuple[int, int, int]]:
-    """(first row, end row, requests) of train and eval: eval is the last `eval_fraction` of requests."""
+def _splits(
+    world: World, rows: int, eval_fraction: float, calib_fraction: float
+) -> dict[str, tuple[int, int, int]]:
+    """(first row, end row, requests) per split, in time order: eval is the last `eval_fraction` of
+    requests, calib (when `calib_fraction` > 0) the `calib_fraction` before it, train the rest."""
     req = world.requests
     n_requests = len(req.user)
     n_eval = min(max(round(n_requests * eval_fraction), 1), n_requests - 1)
-    split_row = int(req.row_start[n_requests - n_eval])
-    return {"train": (0, split_row, n_requests - n_eval), "eval": (split_row, rows, n_eval)}
+    n_calib = min(max(round(n_requests * calib_fraction), 1), n_requests - n_eval - 1) if calib_fraction else 0
+    counts = {"train": n_requests - n_eval - n_calib, "calib": n_calib, "eval": n_eval}
+    bounds, first = {}, 0
+    for split, n in counts.items():
+        end = first + n
+        if n:
+            bounds[split] = (int(req.row_start[first]), int(req.row_start[end]) if end < n_requests else rows, n)
+        first = end
+    return bounds
 
 
 def _write_split(
