@@ -22,9 +22,12 @@ def cost_profile(run: Path, cfg: Config, data: Path, repeats: int) -> dict[str, 
     from unictr.checkpoint import load_model
     from unictr.export.prune import prune_model
 
-    fixtures = importlib.import_module("benchmarks.fixtures")  # the checkout's benchmark harness
-    floor = importlib.import_module("benchmarks.floor")
-    harness = importlib.import_module("benchmarks.harness")
+    try:  # the checkout's benchmark harness, as `unictr bench` finds it
+        fixtures, floor, harness = (importlib.import_module(f"benchmarks.{m}")
+                                    for m in ("fixtures", "floor", "harness"))
+    except ModuleNotFoundError as e:
+        raise RuntimeError(f"the cost profile uses the benchmark harness in benchmarks/ ({e}); run from a checkout "
+                           "of unictr") from None
     full, _ = load_model(run)
     out: dict[str, dict[str, Any]] = {}
     for surface in cfg.surface_names:
