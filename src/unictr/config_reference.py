@@ -23,6 +23,7 @@ from unictr.config import (
     TaskSpec,
     TowerSpec,
     TrainSpec,
+    WarmStartSpec,
 )
 
 
@@ -44,7 +45,8 @@ def reference_markdown() -> str:
         ("top level", Config), ("data", DataSpec), ("features[]", FeatureSpec), ("sequence", SequenceSpec),
         ("surfaces[]", SurfaceSpec), ("tasks[]", TaskSpec), ("model", ModelSpec), ("model.sequence", SequenceModelSpec),
         ("model.mmoe", MMoESpec), ("model.dcn", DCNSpec), ("model.tower", TowerSpec),
-        ("model.calibration", CalibrationSpec), ("train", TrainSpec), ("unictr serve options", ServeSpec),
+        ("model.calibration", CalibrationSpec), ("train", TrainSpec), ("train.warm_start", WarmStartSpec),
+        ("unictr serve options", ServeSpec),
     ]
     for title, model in sections:
         lines += ["", f"## `{title}`", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]

@@ -67,10 +67,7 @@ def experiment_unify(
     from unictr.experiment.run import run_experiment
 
     cfg = load_config(config, overrides(sets, threads))
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    seed_list = _seed_list(seeds)
     arm_list = tuple(a.strip() for a in arms.split(",") if a.strip())
     report = run_experiment(
         cfg, data, out, seeds=seed_list, arms=arm_list, n_boot=bootstrap, keep_runs=keep_runs,
@@ -119,10 +116,7 @@ def experiment_recalibrate(
     from unictr.experiment.recalibrate import Plan, run_recalibration
 
     cfg = load_config(config, overrides(sets, threads))
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        fail(f"--seeds: expected comma-separated integers, got {seeds!r}")
+    seed_list = _seed_list(seeds)
     plan = Plan(train_until, tuple(d.strip() for d in days.split(",") if d.strip()), window_days, half_life_days,
                 prior_strength, min_rows, utc_offset_hours)
     named = tuple(s.strip() for s in surfaces.split(",")) if surfaces else None
@@ -144,3 +138,55 @@ def experiment_recalibrate(
                               str(r["cells"]))
     print_table(table)
     console.print(f"report: {out / 'report.md'}")
+
+
+@experiment_app.command("stage")
+def experiment_stage(
+    config: Path = typer.Option(..., help="YAML config with every surface, e.g. configs/kuairand.yaml."),
+    data: Path = typer.Option(..., help="Data directory with train/ and eval/."),
+    stages: str = typer.Option(..., help="Surfaces by stage, 'A,B;C,D': stage 1 trains on A and B's rows, "
+                               "stage 2 warm-starts from it and trains on every row."),
+    out: Path = typer.Option(..., help="Report directory: report.md, report.json."),
+    seeds: str = typer.Option("0", help="Comma-separated training seeds; metrics are averaged over them."),
+    stage2_epochs: int | None = typer.Option(None, min=1, help="Epochs of stage 2 (default: half the config's, "
+                                             "rounded up)."),
+    bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC-difference intervals."),
+    latency_repeats: int = typer.Option(200, min=1, help="Timed requests per surface export (p50/p99)."),
+    keep_runs: bool = typer.Option(False, help="Keep every model's checkpoint under OUT/runs."),
+    sets: list[str] = set_option(),
+    threads: int | None = threads_option(),
+) -> None:
+    """Staged unification: a model of the first surfaces, then all of them warm-started from it, against the
+    stage-1 model, one unified model from scratch and separate models for the new surfaces."""
+    import shlex
+
+    from unictr.experiment.stage import run_stage_experiment
+
+    cfg = load_config(config, overrides(sets, threads))
+    seed_list = _seed_list(seeds)
+    command = shlex.join(
+        ["unictr", "experiment", "stage", "--config", str(config), "--data", str(data), "--stages", stages,
+         "--out", str(out), "--seeds", seeds, "--bootstrap", str(bootstrap)]
+        + ["--stage2-epochs", str(stage2_epochs)] * (stage2_epochs is not None)
+        + ["--keep-runs"] * keep_runs + [f"--set={o}" for o in overrides(sets, threads)])
+    report = run_stage_experiment(
+        cfg, data, out, stages, seeds=seed_list, stage2_epochs=stage2_epochs, n_boot=bootstrap,
+        latency_repeats=latency_repeats, command=command, keep_runs=keep_runs, console=console, show_progress=True,
+    )
+    table = Table(title=f"staged unification: {report['acceptance']['task']} AUC targets")
+    for col in ("check", "value", "met"):
+        table.add_column(col)
+    for name, c in report["acceptance"]["checks"].items():
+        v = c["value"]
+        table.add_row(name, " vs ".join(f"{x:.0f} s" for x in v) if isinstance(v, list) else
+                      ("-" if v is None else f"{v:+.4f}"), "yes" if c["met"] else "no")
+    print_table(table)
+    console.print(f"report: {out / 'report.md'}")
+
+
+def _seed_list(seeds: str) -> tuple[int, ...]:
+    """`--seeds 0,1,2` as integers; anything else refused naming the option."""
+    try:
+        return tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        fail(f"--seeds: expected comma-separated integers, got {seeds!r}")

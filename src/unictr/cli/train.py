@@ -90,6 +90,10 @@ def train_cmd(
     out: Path = typer.Option(..., help="Run directory (checkpoints/ and the current checkpoint's manifest)."),
     resume: bool = typer.Option(False, help="Continue from the run directory's last complete checkpoint."),
     overwrite: bool = typer.Option(False, help="Replace the run in a non-empty run directory."),
+    init_from: Path | None = typer.Option(
+        None, help="Warm-start from this trained run: every tensor entry whose name (and surface, view type, task, "
+        "table row) matches is loaded, the rest initialised fresh (train.warm_start; docs/model.md). A fresh run "
+        "only: --resume continues from the run's own checkpoint."),
     sets: list[str] = set_option(),
     threads: int | None = threads_option(),
 ) -> None:
@@ -98,7 +102,7 @@ def train_cmd(
     from unictr.train.loop import train
 
     cfg = load_config(config, overrides(sets, threads))
-    manifest = train(cfg, data, out, resume=resume, overwrite=overwrite, console=console)
+    manifest = train(cfg, data, out, resume=resume, overwrite=overwrite, console=console, init_from=init_from)
     if os.environ.get("RANK", "0") == "0":
         step = manifest.get("train_state", {}).get("step")
         console.print(f"run: {out} (checkpoint at step {step})")

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, ValidationInfo, model_validator
 
 from unictr.config.base import _Strict
 from unictr.config.inputs import DataSpec, FeatureSpec, SequenceSpec, SurfaceSpec, TaskSpec
-from unictr.config.jobs import Backend, ServeSpec, TrainSpec
+from unictr.config.jobs import Backend, ServeSpec, TrainSpec, WarmStartSpec
 from unictr.config.model import (
     CalibrationSpec,
     DCNSpec,
@@ -29,6 +29,7 @@ from unictr.config.model import (
 __all__ = [
     "Backend", "CalibrationSpec", "Config", "ConfigError", "DataSpec", "DCNSpec", "FeatureSpec", "MMoESpec",
     "ModelSpec", "SequenceModelSpec", "SequenceSpec", "ServeSpec", "SurfaceSpec", "TaskSpec", "TowerSpec", "TrainSpec",
+    "WarmStartSpec",
     "config_from_dict", "load_config", "with_changes",
 ]
 

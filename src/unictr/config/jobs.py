@@ -9,6 +9,21 @@ from pydantic import Field, field_validator
 from unictr.config.base import _Strict
 
 
+class WarmStartSpec(_Strict):
+    """How a warm-started run (`unictr train --init-from RUN`) trains the tensors it loaded from RUN."""
+
+    lr_multiplier: float = Field(
+        default=1.0, gt=0, description="LR of the tensors loaded whole from the old run, as a multiple of their "
+        "group's LR (1 = trained like the new ones). Partly loaded tensors (a grown table, gates or calibration "
+        "with rows for a new surface) train at the base LR."
+    )
+    freeze: list[str] = Field(
+        default_factory=list, description="Name prefixes of loaded tensors to freeze (e.g. `embedding.`, "
+        "`sequence.`, `mmoe.`, `projection.`): their old entries stay bit-identical, the new entries of a partly "
+        "loaded tensor (a new surface's gate rows) still train. Empty = train everything (the default)."
+    )
+
+
 class TrainSpec(_Strict):
     batch_size: int = Field(default=2048, ge=1, description="Impressions per optimizer step (whole requests); "
                             "see batch_size_per.")
@@ -69,6 +84,10 @@ class TrainSpec(_Strict):
         return value
     bf16: bool = Field(default=False, description="bf16 autocast (CPU with bf16, or CUDA).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto (cuda when available), cpu, cuda.")
+    warm_start: WarmStartSpec = Field(
+        default=WarmStartSpec(), description="Options for the old tensors of a run started with "
+        "`unictr train --init-from RUN` (ignored without it, and on --resume: a resumed run uses its own checkpoint)."
+    )
 
 
 # How a scorer runs its model (serving/backends.py; docs/performance.md measures each).

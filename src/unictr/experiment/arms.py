@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
@@ -33,13 +34,16 @@ class ArmRun:
 
 
 def _train_and_predict(
-    cfg: Config, data_dir: Path, run_dir: Path, eval_split: Path, console: Console, show_progress: bool
+    cfg: Config, data_dir: Path, run_dir: Path, eval_split: Path, console: Console, show_progress: bool,
+    init_from: Path | None = None,
 ) -> tuple[np.ndarray, float, int, dict[str, Any]]:
-    """Train one model, reload its checkpoint, predict `eval_split` (in file row order)."""
+    """Train one model (warm-started from `init_from` if given), reload its checkpoint, predict `eval_split`
+    (in file row order)."""
     from unictr.checkpoint import load_model
     from unictr.train.loop import train
 
-    manifest = train(cfg, data_dir, run_dir, console=console, show_progress=show_progress, overwrite=True)
+    manifest = train(cfg, data_dir, run_dir, console=console, show_progress=show_progress, overwrite=True,
+                     init_from=init_from)
     model, _ = load_model(run_dir)
     b = load_split(eval_split, model.schema, cfg.data)
     probs = predict(model, b)
@@ -54,17 +58,23 @@ def train_unified(cfg: Config, data: Path, work: Path, eval_b: Batch, console: C
     return ArmRun(probs, secs, params, {"all": info | {"train_rows": split_rows(data / "train")}})
 
 
-def train_separate(cfg: Config, data: Path, work: Path, eval_b: Batch, console: Console, show_progress: bool) -> ArmRun:
-    """One model per surface on that surface's rows; predictions assembled into the full eval order."""
+def train_separate(
+    cfg: Config, data: Path, work: Path, eval_b: Batch, console: Console, show_progress: bool,
+    surfaces: list[str] | None = None,
+) -> ArmRun:
+    """One model per surface (of `surfaces`, default all) on that surface's rows; predictions assembled into
+    the full eval order (NaN on the rows of surfaces left out)."""
     schema = Schema.from_config(cfg)
     total = split_rows(data / "train")
     probs = np.full((eval_b.num_rows, len(schema.tasks)), np.nan, dtype=np.float32)
     eval_surface = eval_b.surface.numpy()
     seconds, params, models = 0.0, 0, {}
     for si, surface in enumerate(schema.surfaces):
+        if surfaces is not None and surface not in surfaces:
+            continue
         sub = work / "data" / surface
         rows = {
-            split: _write_surface_split(data / split, sub / split, cfg.data.surface, surface)
+            split: write_surface_split(data / split, sub / split, cfg.data.surface, [surface])
             for split in ("train", "eval")
         }
         if rows["train"] == 0:
@@ -85,10 +95,10 @@ def train_separate(cfg: Config, data: Path, work: Path, eval_b: Batch, console: 
     return ArmRun(probs, seconds, params, models)
 
 
-def _write_surface_split(src: Path, dst: Path, column: str, surface: str) -> int:
-    """Copy the rows of one surface of a split (row order kept); returns the row count."""
+def write_surface_split(src: Path, dst: Path, column: str, surfaces: list[str]) -> int:
+    """Copy the rows of some surfaces of a split (row order kept); returns the row count."""
     table = pq.read_table(split_files(src))
-    table = table.filter(pc.equal(table[column], surface))
+    table = table.filter(pc.is_in(table[column], pa.array(surfaces)))
     dst.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, dst / "part-00000.parquet")
     return table.num_rows

@@ -38,6 +38,7 @@ from unictr.train.events import EVERY_STEPS, EventLog
 from unictr.train.input import rank_input, stream_count, unit_cache
 from unictr.train.resume import prepare_run_dir, restore
 from unictr.train.state import OPTIMIZER_FILE, Position, optimizer_tensors, rng_states
+from unictr.train.warm_start import apply_options, warm_start
 
 
 def resolve_device(name: str) -> torch.device:
@@ -151,6 +152,7 @@ class _Session:
     last: Batch | None = None  # this rank's latest minibatch (an idle rank steps along on it)
     cache: dict[Unit, Batch | None] | None = None  # decoded row groups, when the split fits the buffer budget
     events: EventLog | None = None
+    warm_start: dict[str, Any] | None = None  # what `init_from` loaded (the manifest records it)
 
     def set_lr(self, factor: float) -> None:
         """Scale every parameter group's LR (and the fused embedding optimizer's) from its base."""
@@ -170,8 +172,12 @@ def global_batch_size(spec: TrainSpec, world: int) -> int:
     return spec.batch_size * world if spec.batch_size_per == "rank" else spec.batch_size
 
 
-def _setup(cfg: Config, data_dir: Path, run_dir: Path, resume: bool, overwrite: bool, console: Console) -> _Session:
-    """Join the job, seed, list the splits, build the model and optimizer, restore them on resume.
+def _setup(  # long: the order of the steps is the point (RNG stream, then warm start or resume)
+    cfg: Config, data_dir: Path, run_dir: Path, resume: bool, overwrite: bool, console: Console,
+    init_from: Path | None = None,
+) -> _Session:
+    """Join the job, seed, list the splits, build the model and optimizer, warm-start them from `init_from`
+    (a fresh run only) or restore them on resume.
 
     The order (seed, model init, optimizer, resume) fixes the RNG stream: keep it.
     """
@@ -182,20 +188,27 @@ def _setup(cfg: Config, data_dir: Path, run_dir: Path, resume: bool, overwrite: 
     schema = Schema.from_config(cfg)
     units = split_units(data_dir / "train")
     stream_count(spec, units, d.world)  # refuses a split that cannot give every rank a stream
-    model = UnifiedCTR(cfg).to(device)
+    model = UnifiedCTR(cfg)
+    warm = warm_start(model, cfg, init_from) if init_from is not None and not resume else None
+    model = model.to(device)
     opt = make_optimizer(model, spec)
+    if warm is not None:
+        apply_options(model, opt, warm, spec.warm_start)
+        if d.is_main:
+            console.print(warm.summary(), soft_wrap=True, markup=False)
     global_batch = global_batch_size(spec, d.world)
     s = _Session(
         cfg=cfg, run_dir=run_dir, device=device, dist=d, schema=schema, units=units,
         eval_dir=data_dir / "eval" if (data_dir / "eval").exists() else None, model=model, net=model, opt=opt,
         weights=torch.tensor([t.weight for t in cfg.tasks], device=device), store=store, pos=Position(),
         global_batch=global_batch, steps_per_epoch=estimated_minibatches(units, global_batch),
-        cache=unit_cache(spec, units),
+        cache=unit_cache(spec, units), warm_start=warm.as_dict() if warm is not None else None,
     )
     if d.world > 1:
         torch.manual_seed(spec.seed + 1_000_003 * d.rank)  # ranks draw their own masks and dropout
     if resume:
         s.pos, s.history, s.metrics, where = restore(cfg, run_dir, model, opt, s.steps_per_epoch, d, device)
+        s.warm_start = read_manifest(where).get("warm_start")  # a resumed run keeps its record, loads nothing
         if d.is_main:
             console.print(f"resumed {where} at epoch {s.pos.epoch + 1}, step {s.pos.step}", soft_wrap=True)
     s.events = EventLog(run_dir, d.is_main, s.pos.step if resume else None)
@@ -284,7 +297,8 @@ def _save(s: _Session) -> None:
         s.store.save(
             s.pos.step, s.cfg,
             {MODEL_FILE: s.model.state_dict(), OPTIMIZER_FILE: optimizer_tensors(s.opt, s.model, rngs)},
-            extra={"train_state": position, "history": s.history, "metrics": s.metrics},
+            extra={"train_state": position, "history": s.history, "metrics": s.metrics}
+            | ({"warm_start": s.warm_start} if s.warm_start else {}),
         )
     s.dist.barrier()
 
@@ -322,14 +336,17 @@ def train(
     console: Console | None = None,
     show_progress: bool = True,
     overwrite: bool = False,
+    init_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train on `data_dir/train`, evaluate on `data_dir/eval` after each epoch, checkpoint into `run_dir`.
 
     A non-empty `run_dir` is refused unless `resume` (continue its last checkpoint) or `overwrite`.
+    `init_from` (a trained run) warm-starts a fresh run (`train.warm_start`); a resumed one ignores it.
     Returns the last checkpoint's manifest (with `metrics` and `history`), on every rank.
     """
     console = console or Console()
-    s = _setup(cfg, Path(data_dir), Path(run_dir), resume, overwrite, console)
+    s = _setup(cfg, Path(data_dir), Path(run_dir), resume, overwrite, console,
+               Path(init_from) if init_from is not None else None)
     try:
         while s.pos.epoch < cfg.train.epochs and not _stopped(s):
             _train_epoch(s, console, show_progress)
