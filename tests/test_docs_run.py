@@ -100,10 +100,9 @@ class World:
             cmd = ["bash", "-c", PRELUDE + block.text]
         done = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=300)
         out = done.stdout + done.stderr
-        assert done.returncode == 0, (
-            f"{block.doc}:{block.line}: the example [{block.id}] failed (exit {done.returncode}):\n"
-            f"{block.text}\n--- its output ---\n{out[-4000:]}"
-        )
+        if done.returncode != 0:
+            pytest.fail(f"{block.doc}:{block.line}: the example [{block.id}] failed (exit {done.returncode}):\n"
+                        f"{block.text}\n--- its output ---\n{out[-4000:]}", pytrace=False)
         return done.stdout
 
 
