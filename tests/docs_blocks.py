@@ -182,9 +182,23 @@ def _expand(line: str) -> list[str]:
     return [line]
 
 
-def parse_error(argv: list[str]) -> str | None:
+def inline_commands(root: Path) -> list[tuple[str, list[str]]]:
+    """(doc, argv) of every `unictr ...` code span in the docs' prose (outside fenced blocks), each expansion
+    of its `a|b` forms; spans with an ellipsis stand for more than they say and are left out."""
+    found = []
+    for path in doc_files(root):
+        prose = re.sub(r"^(\s*)(```+|~~~+).*?^\1\2[ \t]*$", "", path.read_text(), flags=re.S | re.M)
+        for span in re.findall(r"`(unictr\s[^`]+)`", prose):
+            if "..." not in span and "…" not in span:
+                doc = str(path.relative_to(root))
+                found += [(doc, argv) for v in _expand(" ".join(span.split())) for argv in _unictr_argv(shlex.split(v))]
+    return found
+
+
+def parse_error(argv: list[str], mention: bool = False) -> str | None:
     """Why `unictr ARGV` does not parse against the real CLI (unknown command or flag, a value of the wrong
-    type, a required option missing), or None when it parses. Nothing runs."""
+    type, a required option missing), or None when it parses. Nothing runs. A `mention` (a command named in
+    prose, `unictr serve --threads`) only needs its command and flags to exist."""
     cmd = typer.main.get_command(app)
     name, ctx, args = "unictr", None, list(argv)
     try:
@@ -198,7 +212,10 @@ def parse_error(argv: list[str]) -> str | None:
             name, sub, args = cmd.resolve_command(ctx, rest)
             cmd = sub
     except TyperException as e:  # Typer's click: usage errors, bad values, missing options
-        return f"`unictr {shlex.join(argv)}`: {e.format_message()}"
+        message = e.format_message()
+        if mention and (type(e).__name__ == "MissingParameter" or "requires an argument" in message):
+            return None
+        return f"`unictr {shlex.join(argv)}`: {message}"
 
 
 def shrink(argv: list[str]) -> list[str] | None:

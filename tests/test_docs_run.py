@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.docs_blocks import Block, blocks, parse_error, shell_commands, synopsis_commands
+from tests.docs_blocks import Block, blocks, inline_commands, parse_error, shell_commands, synopsis_commands
 from unictr.serving.process import server_process
 
 KUAIRAND = "needs the KuaiRand-Pure files and minutes of training (docs/results.md's numbers)"
@@ -190,6 +190,13 @@ def shape_differences(doc: object, got: object, path: str = "$") -> list[str]:
     if isinstance(doc, str) and isinstance(got, str) and (doc == got or path.rsplit(".", 1)[-1] in VARIES):
         return []
     return [] if doc == got else [f"{path}: {got!r}, documented {doc!r}"]
+
+
+def test_the_commands_named_in_prose_exist() -> None:
+    """`unictr ...` in the docs' text (not in a block) names commands and flags the CLI has."""
+    mentions = inline_commands(ROOT)
+    errors = [f"{doc}: {e}" for doc, argv in mentions if (e := parse_error(argv, mention=True))]
+    assert len(mentions) > 20 and not errors, "\n".join(errors)
 
 
 def test_the_skip_list_names_blocks_that_would_run() -> None:
