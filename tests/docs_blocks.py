@@ -36,7 +36,6 @@ TINY_ROWS = 20_000
 TINY_SETS = ("train.epochs=1", "train.batch_size=256", "train.lr=0.01")
 TINY_BOOTSTRAP = 20
 ID_CHARS = 72  # a block's id: its file and the first words of its first line, up to this length
-TRAINS = {"train", "quickstart", "unify"}  # commands that train a model (`experiment unify` by its last name)
 
 
 @dataclass(frozen=True)
@@ -218,20 +217,34 @@ def parse_error(argv: list[str], mention: bool = False) -> str | None:
         return f"`unictr {shlex.join(argv)}`: {message}"
 
 
+def _options(argv: list[str]) -> set[str]:
+    """The flags of the command `unictr ARGV` runs (its group names walked; nothing parsed)."""
+    cmd = typer.main.get_command(app)
+    for word in argv:
+        if word not in getattr(cmd, "commands", {}):
+            break
+        cmd = cmd.commands[word]
+    return {opt for p in cmd.params for opt in getattr(p, "opts", [])}
+
+
 def shrink(argv: list[str]) -> list[str] | None:
-    """ARGV with the tiny world's sizes (rows, epochs, bootstrap resamples; one thread); None for `serve`,
-    which the docs test does not run (it runs one live server for the blocks' requests)."""
+    """ARGV at the tiny world's sizes: at most TINY_ROWS rows (also where the command's default is more),
+    TINY_BOOTSTRAP resamples, the first seed of `--seeds`, TINY_SETS and one thread for a command that trains;
+    None for `serve`, which the docs test does not run (one live server answers the blocks' requests)."""
     if argv[:1] == ["serve"]:
         return None
-    out = list(argv)
-    if (out[:1] == ["quickstart"] or out[:2] == ["data", "simulate"]) and "--rows" not in out:
-        out += ["--rows", str(TINY_ROWS)]  # their default is a real size
+    out, options = list(argv), _options(argv)
+    if "--rows" in options and "--rows" not in out:
+        out += ["--rows", str(TINY_ROWS)]
     for flag, most in (("--rows", TINY_ROWS), ("--bootstrap", TINY_BOOTSTRAP)):
         if flag in out[:-1]:
             i = out.index(flag) + 1
             out[i] = str(min(int(out[i]), most))
-    if TRAINS & set(out[:2]):
-        out += [f"--set={s}" for s in TINY_SETS] + ["--threads", "1"]
+    if "--seeds" in out[:-1]:
+        i = out.index("--seeds") + 1
+        out[i] = out[i].split(",")[0]
+    if "--set" in options:  # a command that trains: one short epoch, one thread
+        out += [f"--set={s}" for s in TINY_SETS] + ["--threads", "1"] * ("--threads" in options)
     return out
 
 

@@ -3,7 +3,7 @@ failing test, not an error for the reader who pastes it.
 
 The examples run in order, in one temporary directory (`configs/` linked in), after the README's first
 command built its world there: `unictr quickstart --out quickstart` at the tiny sizes of
-`tests.docs_blocks.shrink` (a few thousand rows, one short epoch, one thread). So `quickstart/data`,
+`tests.docs_blocks.shrink` (20,000 rows, one short epoch, one thread). So `quickstart/data`,
 `quickstart/run` and `quickstart/registry` are what a reader has after the README. The `unictr` of a block
 is `python -m tests.docs_blocks` (the checkout's code, never an installed copy); `unictr serve` is not run:
 one live server on a loopback port serves `quickstart/registry`, and a block's `curl` to 127.0.0.1:8000 is
