@@ -1,7 +1,8 @@
 """The fenced code blocks of README.md and docs/*.md, as tests/test_docs_run.py runs and checks them.
 
-A block's id is its file and first line (`docs/serving.md: curl -s -X POST ...`): it stays the same when
-blocks are added above it, so the test's skip list reads as the docs do. Kinds:
+A block's id is its file and the first words of its first line (`docs/serving.md: curl -s -X POST ...`,
+`(2)` added for a repeat): it stays the same when blocks are added above it, so the test's skip list reads
+as the docs do. Kinds:
 
 - `shell` (bash, sh, shell, console): commands that run as written;
 - `synopsis` (a plain fence with `unictr` lines, or a shell fence using `[optional]` or `a|b` forms): a
