@@ -116,9 +116,15 @@ def shell_commands(text: str) -> list[list[str]]:
     -m unictr`), wherever it stands: after `&&`, `;`, `do`, in a loop. Variables stay as written."""
     lex = shlex.shlex(_one_line(text), posix=True, punctuation_chars=True)
     lex.whitespace_split = True
-    found, command = [], []
+    found, command, redirect = [], [], False
     for token in [*lex, ";"]:
-        if token and set(token) <= set(";&|()"):
+        if redirect:  # the target of `> file`, `2> file`, `< file`
+            redirect = False
+        elif token and set(token) <= set("<>&") and ("<" in token or ">" in token):
+            redirect = True
+            if command and command[-1].isdigit():
+                command.pop()  # the fd of `2>`
+        elif token and set(token) <= set(";&|()"):
             found += _unictr_argv(command)
             command = []
         else:

@@ -36,6 +36,8 @@ from tests.docs_blocks import Block, blocks, inline_commands, parse_error, shell
 from unictr.serving.process import server_process
 
 KUAIRAND = "needs the KuaiRand-Pure files and minutes of training (docs/results.md's numbers)"
+ROLLOUT = ("a runbook step on the user's own runs and registry ($RUN2, $REG, $DATA): tests/test_rollout.py runs "
+           "the same steps against a real registry and server")
 SKIP: dict[str, str] = {
     'README.md: pip install -c constraints.txt -e ".[onnx]" && unictr quickstart --out': "installs packages; "
     "its `unictr quickstart --out quickstart` is what this test's world is built with (at tiny sizes)",
@@ -58,6 +60,21 @@ SKIP: dict[str, str] = {
     "docs/results.md: D=../shared/data/kuairand (2)": KUAIRAND,
     'docs/serving.md: result = scorer.score({"users": [user], "candidate_columns": {': "a fragment (its "
     "arrays stand for the caller's); tests/test_serving.py scores numpy candidate_columns",
+    "docs/calibration.md: K=../shared/data/kuairand (2)": KUAIRAND,
+    "docs/calibration.md: unictr monitor --run RUN --data DIR --split calib --by day --out mon/": "the runbook "
+    "on a user's own run and registry (RUN, DIR, REG): tests/test_monitor.py and tests/test_calib_recalibration.py "
+    "run these commands",
+    "docs/model.md: unictr bench --suite dcn --threads 1 --out dcn.json": "15 minutes of KuaiRand training "
+    "(tests/test_dcn_projection.py renders the suite's tables)",
+    "docs/model.md: D=../shared/data/kuairand; KR=kr-data": KUAIRAND,
+    "docs/report.md: unictr report ablation --out ablation/report.html": "needs the ablation directory of "
+    "docs/model.md's 1M-row experiment (skipped above: minutes)",
+    "docs/results.md: D=../shared/data/kuairand (3)": KUAIRAND,
+    "docs/rollout.md: for S in $OLD $NEW; do": ROLLOUT,
+    "docs/rollout.md: unictr registry promote --registry $REG --surface search --version v0002": ROLLOUT,
+    "docs/rollout.md: unictr registry promote --registry $REG --surface home_feed --version": ROLLOUT,
+    "docs/rollout.md: unictr registry promote --registry $REG --surface $NEW --eval-data $DATA": ROLLOUT,
+    "docs/rollout.md: unictr registry rollback --registry $REG --surface search": ROLLOUT,
 }
 BLOCKS = blocks(ROOT)
 EXAMPLES = [b for b in BLOCKS if b.kind != "text"]
