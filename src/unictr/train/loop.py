@@ -183,6 +183,8 @@ def _setup(  # long: the order of the steps is the point (RNG stream, then warm 
     """
     spec, d = cfg.train, distributed.from_env()
     device = distributed.join(d, setup_runtime(spec))
+    if spec.threads == "auto" and d.is_main:
+        console.print(f"threads: auto -> {torch.get_num_threads()}", soft_wrap=True)
     store = CheckpointStore(run_dir, spec.keep_checkpoints)
     resume = prepare_run_dir(run_dir, resume, overwrite, store, d)  # an elastic restart resumes by itself
     schema = Schema.from_config(cfg)
