@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from unictr.config import Config
 from unictr.data.batch import Batch, Schema
+from unictr.modules.activation_unit import ActivationUnitAttention
 from unictr.modules.broadcast import rows_of_users
 from unictr.modules.calibration import LogitCalibration, PosthocCalibration
 from unictr.modules.dcn import DCNv2Projection
@@ -65,14 +66,19 @@ class UnifiedCTR(nn.Module):
         self.sequence: nn.Module | None = None
         if cfg.sequence is None or not cfg.model.sequence.enabled:
             return
-        self.sequence = build_sequence_encoder(cfg.model.sequence, cfg.model.embedding_dim, cfg.sequence.num_actions)
-        self.target_attention = TargetAttention(cfg.model.embedding_dim)
+        spec, d = cfg.model.sequence, cfg.model.embedding_dim
+        self.sequence = build_sequence_encoder(spec, d, cfg.sequence.num_actions)
+        self.target_attention = TargetAttention(d) if spec.target_attention != "activation_unit" else None
         self.item_col = s.cand_cat.index(cfg.sequence.item_feature)
         self.item_offset = int(self._table_offsets([cfg.sequence.item_feature])[0])
         # each event's side features share their candidate feature's table; the candidate's join the query
         side = list(cfg.sequence.side_features.values())
         self.side_cols = [s.cand_cat.index(f) for f in side]
         self.register_buffer("side_offsets", self._table_offsets(side), persistent=False)
+        self.activation_unit = None
+        if spec.target_attention != "dot":
+            self.activation_unit = ActivationUnitAttention((1 + len(side)) * d, d, spec.attention_hidden)
+            self.register_buffer("field_index", torch.tensor([self.item_col, *self.side_cols]), persistent=False)
 
     def _build_interaction(self) -> tuple[int, int]:
         """Explicit crosses: dot products among user fields, candidate trunk fields (and the sequence
@@ -81,10 +87,11 @@ class UnifiedCTR(nn.Module):
         user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
         user_dim += self.sequence.out_dim if self.sequence else 0
         cand_dim = self.trunk_fields * d + (m.dense_hidden if s.cand_dense else 0)
-        cand_dim += d if self.sequence else 0
+        dot = self.sequence is not None and self.target_attention is not None
+        cand_dim += (d if dot else 0) + (self.activation_unit.out_dim if self.sequence and self.activation_unit else 0)
         self.interaction: DotInteraction | None = None
         if m.interaction:
-            self.interaction = DotInteraction(len(s.user_cat) + self.trunk_fields + (1 if self.sequence else 0))
+            self.interaction = DotInteraction(len(s.user_cat) + self.trunk_fields + (1 if dot else 0))
             cand_dim += self.interaction.out_dim
         return user_dim, cand_dim
 
@@ -150,8 +157,9 @@ class UnifiedCTR(nn.Module):
         if self.sequence is not None:
             length = b.seq_item.shape[1]
             seq_emb = parts[2].view(u, length, d)
+            side_emb = parts[3].view(u, length, len(self.side_cols), d)
             if self.side_cols:
-                seq_emb = seq_emb + parts[3].view(u, length, len(self.side_cols), d).sum(2)
+                seq_emb = seq_emb + side_emb.sum(2)
             tokens, tok_mask, summary = self.sequence(seq_emb, b.seq_action, b.seq_age, b.seq_mask)
             user_parts.append(summary)
         user_vec = torch.cat(user_parts, dim=1)
@@ -162,7 +170,7 @@ class UnifiedCTR(nn.Module):
         if self.cand_dense is not None:
             cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
         fields = [rows_of_users(user_emb, b.user_index), trunk_emb]
-        if self.sequence is not None:
+        if self.sequence is not None and self.target_attention is not None:
             # the item's row plus its side features' rows, as adds (a ReduceSum over 2-4 rows is slow in ONNX Runtime)
             query = cand_emb[:, self.item_col]
             for col in self.side_cols:
@@ -170,6 +178,11 @@ class UnifiedCTR(nn.Module):
             attended = self.target_attention(query, seq_emb, tokens, tok_mask, b.user_index)
             cand_parts.append(attended)
             fields.append(attended[:, None])
+        if self.sequence is not None and self.activation_unit is not None:
+            # the item's fields side by side, for the candidate and for each event (start token left out)
+            events = torch.cat([parts[2].view(u, length, 1, d), side_emb], dim=2).flatten(2)
+            target = cand_emb.index_select(1, self.field_index).flatten(1)
+            cand_parts.append(self.activation_unit(target, events, tokens[:, 1:], tok_mask[:, 1:], b.user_index))
         if self.interaction is not None:
             cand_parts.append(self.interaction(torch.cat(fields, dim=1)))
         cand_vec = torch.cat(cand_parts, dim=1)

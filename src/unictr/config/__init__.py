@@ -69,6 +69,12 @@ class Config(_Strict):
                 raise ValueError(
                     f"features.{f.name}.towers: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}"
                 )
+        for name in self.train.embedding_decay_skip:
+            f = by_name.get(name)
+            if f is None or f.kind != "categorical" or f.table:
+                raise ValueError(
+                    f"train.embedding_decay_skip: {name!r} must name a categorical feature that owns its table"
+                )
         for t in self.tasks:
             if t.surfaces == [] and not (info.context or {}).get("placeholder_tasks"):
                 raise ValueError(f"tasks.{t.name}.surfaces: empty; list at least one surface, or null for all")

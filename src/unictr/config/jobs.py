@@ -58,6 +58,11 @@ class TrainSpec(_Strict):
         default=0.0, ge=0, description="AdamW (decoupled) weight decay of the embedding table: pulls rarely seen "
         "ids towards 0, against memorising sparse ids on small data (KuaiRand)."
     )
+    embedding_decay_skip: list[str] = Field(
+        default_factory=list, description="Categorical features (each owning its table) whose tables get no "
+        "embedding_weight_decay: a few values with very different rates, some of them rare (KuaiRand's `tab`: "
+        "the `other` surface pools ten rare tabs), which the decay would pull to 0 between their rows (adamw only)."
+    )
     embedding_optimizer: Literal["adamw", "rowwise_adagrad"] = Field(
         default="adamw", description="Optimizer of the fused embedding table: adamw (with the rest of the model), or "
         "rowwise_adagrad fused into the lookup's backward (FBGEMM-style: touches only the rows looked up, one "

@@ -30,6 +30,14 @@ class SequenceModelSpec(_Strict):
         "are masked (TransAct's random time-window mask), so the model does not lean on real-time events only.",
     )
     window_max_seconds: float = Field(default=3600.0, gt=0, description="Upper end of that random window.")
+    target_attention: Literal["dot", "activation_unit", "both"] = Field(
+        default="dot",
+        description="How the candidate reads its user's events: `dot` (one query, the sum of the item's and "
+        "its side features' embeddings, against each event's raw embedding and encoder token), "
+        "`activation_unit` (DIN's MLP over the candidate's and each event's fields side by side; "
+        "unictr.modules.activation_unit) or `both`, concatenated.",
+    )
+    attention_hidden: int = Field(default=64, ge=1, description="Hidden width of the activation unit.")
 
 
 class MMoESpec(_Strict):

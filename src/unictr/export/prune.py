@@ -21,8 +21,8 @@ from unictr.model import UnifiedCTR
 
 # Parameters that every surface shares: copied unchanged.
 _SHARED_PREFIXES = (
-    "user_dense.", "cand_dense.", "sequence.", "target_attention.", "mmoe.first.", "mmoe.w2", "mmoe.b2",
-    "projection.",
+    "user_dense.", "cand_dense.", "sequence.", "target_attention.", "activation_unit.", "mmoe.first.", "mmoe.w2",
+    "mmoe.b2", "projection.",
 )
 # The learned calibration tensors, keyed by the model's calibration scope.
 _SCOPED_CALIBRATION = ("calibration.log_temperature", "calibration.bias")

@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,23 @@ def make_optimizer(model: UnifiedCTR, spec: TrainSpec) -> torch.optim.AdamW:
         ).to(table.device)
         return torch.optim.AdamW([rest])
     model.embedding.fused_update = None
-    return torch.optim.AdamW([{"params": [table], "lr": emb_lr, "weight_decay": spec.embedding_weight_decay}, rest])
+    if not spec.embedding_decay_skip:
+        return torch.optim.AdamW([{"params": [table], "lr": emb_lr, "weight_decay": spec.embedding_weight_decay}, rest])
+    # the table's decay moves to a hook, one weight decay per row: 0 on the rows of the skipped tables
+    opt = torch.optim.AdamW([{"params": [table], "lr": emb_lr, "weight_decay": 0.0}, rest])
+    emb = model.embedding
+    decayed = torch.cat([torch.full((n,), float(name not in spec.embedding_decay_skip))
+                         for name, n in zip(emb.names, emb.sizes, strict=True)])
+    decay = decayed.to(table.device)[:, None] * spec.embedding_weight_decay
+    opt.register_step_pre_hook(partial(_decay_rows, table, decay))
+    return opt
+
+
+@torch.no_grad()
+def _decay_rows(table: torch.Tensor, decay: torch.Tensor, opt: torch.optim.Optimizer, *_: object) -> None:
+    """AdamW's decoupled decay, `w ← w (1 − lr·wd)`, with a weight decay per row `[rows, 1]` of the fused table."""
+    lr = next(g["lr"] for g in opt.param_groups if any(p is table for p in g["params"]))
+    table.mul_(1.0 - lr * decay)
 
 
 def lr_factor(spec: TrainSpec, step: int, total: int) -> float:

@@ -1,0 +1,120 @@
+"""DIN's activation unit as the target attention (`model.sequence.target_attention`), and the per-table
+embedding decay (`train.embedding_decay_skip`)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.fixtures import small_config, train_small_run
+from unictr.checkpoint import load_model
+from unictr.config import with_changes
+from unictr.data.reader import load_split, load_surface_split
+from unictr.export.artifact import ONNX_FILE, load_export
+from unictr.export.job import export_surface
+from unictr.model import UnifiedCTR, probabilities
+from unictr.modules.activation_unit import ActivationUnitAttention
+from unictr.train.loop import make_optimizer
+
+
+def _din_reference(unit: ActivationUnitAttention, w: list[torch.Tensor], b1: torch.Tensor, t, h, mask) -> torch.Tensor:
+    """DIN written out: MLP([t, h, t − h, t ⊙ h]) → PReLU → score, weights × mask, weighted sum of h."""
+    tt = t[:, None].expand_as(h)
+    x = torch.cat([tt, h, tt - h, tt * h], dim=-1) @ torch.cat(w, dim=1).t() + b1
+    x = torch.where(x > 0, x, unit.slope * x)
+    scores = (x @ unit.score.weight.t() + unit.score.bias).squeeze(-1) * mask
+    return (scores[..., None] * h).sum(1)
+
+
+def test_activation_unit_equals_din_formula() -> None:
+    """Weights W1..W4 of DIN's first layer over [t, h, t − h, t ⊙ h] map to target = W1 + W3,
+    event = W2 − W3 (and 0 on the encoder token), cross = W4: the same scores and sums."""
+    torch.manual_seed(0)
+    e, d, hidden = 12, 4, 8
+    unit = ActivationUnitAttention(e, d, hidden)
+    w = [torch.randn(hidden, e) * 0.3 for _ in range(4)]
+    b1 = torch.randn(hidden) * 0.1
+    with torch.no_grad():
+        unit.target.weight.copy_(w[0] + w[2])
+        unit.event.weight.copy_(torch.cat([w[1] - w[2], torch.zeros(hidden, d)], dim=1))
+        unit.event.bias.copy_(b1)
+        unit.cross.weight.copy_(w[3])
+    events, tokens = torch.randn(2, 5, e), torch.randn(2, 5, d)
+    mask = torch.tensor([[False, False, True, True, True], [True] * 5])
+    target, user_index = torch.randn(3, e), torch.tensor([0, 1, 0])
+    got = unit(target, events, tokens, mask, user_index)
+    want = _din_reference(unit, w, b1, target, events[user_index], mask[user_index].float())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(unit(target, events, tokens, torch.zeros_like(mask), user_index), torch.zeros(3, e))
+
+
+def test_activation_unit_one_user_equals_gather() -> None:
+    """One user's request (broadcast, nothing gathered) scores like the same user gathered per row."""
+    torch.manual_seed(1)
+    unit = ActivationUnitAttention(8, 4, 6)
+    events, tokens, mask = torch.randn(1, 5, 8), torch.randn(1, 5, 4), torch.tensor([[False, True, True, True, True]])
+    target = torch.randn(7, 8)
+    one = unit(target, events, tokens, mask, torch.zeros(7, dtype=torch.int64))
+    two = unit(target, events.repeat(2, 1, 1), tokens.repeat(2, 1, 1), mask.repeat(2, 1), torch.arange(7) % 2)
+    torch.testing.assert_close(one, two, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["activation_unit", "both"])
+def test_activation_unit_model_trains_and_exports(sim_config, tmp_path, mode) -> None:
+    """The config value swaps the target attention: the model trains to a finite loss, and its surface export
+    (safetensors and ONNX) scores that surface's rows like the unified model."""
+    import onnxruntime as ort
+
+    cfg = with_changes(small_config(sim_config), "model.sequence", target_attention=mode, attention_hidden=8)
+    torch.manual_seed(0)
+    data, run = train_small_run(cfg, tmp_path)
+    full, manifest = load_model(run)
+    assert (full.target_attention is None) == (mode == "activation_unit") and full.activation_unit is not None
+    assert math.isfinite(manifest["history"][-1]["train_loss"])
+    export_surface(run, "related", tmp_path / "exp", fmt="onnx")
+    model, _ = load_export(tmp_path / "exp")
+    full_b = load_split(data / "eval", full.schema, cfg.data)
+    expected = probabilities(full, full_b)[full_b.surface == full.schema.surfaces.index("related")]
+    b = load_surface_split(data / "eval", model.schema, cfg.data, "related")
+    assert b.num_rows == len(expected) > 0
+    assert (probabilities(model, b) - expected).abs().max().item() <= 1e-5
+    session = ort.InferenceSession(str(tmp_path / "exp" / ONNX_FILE), providers=["CPUExecutionProvider"])
+    got = session.run(None, {i.name: getattr(b, i.name).numpy() for i in session.get_inputs()})[0]
+    assert np.abs(got - expected.numpy()).max() <= 1e-4
+
+
+def _one_step(cfg, model: UnifiedCTR, rows: torch.Tensor) -> torch.Tensor:
+    """One optimizer step whose gradient touches only `rows` of the fused table; the table after it."""
+    opt = make_optimizer(model, cfg.train)
+    model.embedding.weight[rows].sum().backward()
+    opt.step()
+    return model.embedding.weight.detach().clone()
+
+
+def test_embedding_decay_skip(sim_config) -> None:
+    """Skipping a table's decay leaves its untouched rows as they were; every other row steps exactly as
+    under AdamW's own decay (here: decayed by lr × wd, or decayed and updated for the rows with a gradient)."""
+    base = with_changes(sim_config, "train", embedding_weight_decay=5.0, lr=0.01, embedding_lr=None)
+    torch.manual_seed(0)
+    model = UnifiedCTR(base)
+    start = model.embedding.weight.detach().clone()
+    rows = torch.tensor([0, 1])
+    adamw = _one_step(base, model, rows)
+    emb = model.embedding
+    skipped, n = emb.names[-1], emb.sizes[-1]
+    off = int(emb.offsets[-1])
+    assert off > 1
+    model.embedding.weight.data.copy_(start)
+    hooked = _one_step(with_changes(base, "train", embedding_decay_skip=[skipped]), model, rows)
+    torch.testing.assert_close(hooked[:off], adamw[:off], rtol=0, atol=1e-7)
+    torch.testing.assert_close(hooked[off:], start[off:], rtol=0, atol=0)
+    torch.testing.assert_close(adamw[2:off], start[2:off] * (1 - 0.01 * 5.0), rtol=0, atol=1e-7)
+    assert n == hooked[off:].shape[0]
+
+
+def test_embedding_decay_skip_names_a_table_owner(sim_config) -> None:
+    with pytest.raises(ValueError, match="train.embedding_decay_skip: 'nope' must name a categorical feature"):
+        with_changes(sim_config, "train", embedding_decay_skip=["nope"])
