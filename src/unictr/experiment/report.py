@@ -20,6 +20,8 @@ from unictr.train.evaluate import Scored, sliced_metrics
 
 # ------------------------------------------------------------------------------------------ numbers
 
+BASELINES = {"lightgbm": "LightGBM", "din": "DIN"}  # arms the unified model is compared with overall
+
 
 def build_report(schema: Schema, eval_b: Batch, runs: dict[str, dict[int, ArmRun]], n_boot: int) -> dict[str, Any]:
     """Metrics per arm (seed mean and per seed) and bootstrap intervals of the AUC differences."""
@@ -51,7 +53,7 @@ def build_report(schema: Schema, eval_b: Batch, runs: dict[str, dict[int, ArmRun
     report: dict[str, Any] = {"arms": arms}
     for a, b, key, overall in (
         ("unified", "separate", "auc_diff_ci", False),
-        ("unified", "lightgbm", "auc_diff_ci_vs_lightgbm", True),
+        *(("unified", base, f"auc_diff_ci_vs_{base}", True) for base in BASELINES),
     ):
         if a in runs and b in runs:
             diff, ci = auc_diff(schema, eval_b, runs[a], runs[b], n_boot, overall)
@@ -199,7 +201,7 @@ def report_markdown(report: dict[str, Any]) -> str:
     arms = list(report["arms"])
     lines = (
         _md_header(report, arms) + _md_auc(report, arms) + _md_quality(report, arms) + _md_cost(report, arms)
-        + _md_per_seed(report, arms)
+        + _md_per_seed(report, arms) + _md_din(report)
     )
     return "\n".join([*lines, "![AUC per surface](auc.png)", ""])
 
@@ -247,14 +249,16 @@ def _md_auc(report: dict[str, Any], arms: list[str]) -> list[str]:
             d, ci = report["auc_diff"].get(s, {}).get(t), report["auc_diff_ci"].get(s, {}).get(t)
             row += " | " + (f"{_f(d, '+.4f')} [{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]" if ci else "")
         lines.append(row + " |")
-    if "auc_diff_ci_vs_lightgbm" in report:
+    for base, name in BASELINES.items():
+        if f"auc_diff_ci_vs_{base}" not in report:
+            continue
         lines += [
             "",
-            "Unified − LightGBM (overall): "
+            f"Unified − {name} (overall): "
             + ", ".join(
-                f"{t} {_f(report['auc_diff_vs_lightgbm']['overall'][t], '+.4f')} "
+                f"{t} {_f(report[f'auc_diff_vs_{base}']['overall'][t], '+.4f')} "
                 f"[{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]"
-                for t, ci in report["auc_diff_ci_vs_lightgbm"]["overall"].items()
+                for t, ci in report[f"auc_diff_ci_vs_{base}"]["overall"].items()
             ),
         ]
     return lines
@@ -285,8 +289,8 @@ def _md_cost(report: dict[str, Any], arms: list[str]) -> list[str]:
         lines.append(f"| {a} | {report['arms'][a]['train_seconds']:.0f} | {report['arms'][a]['params']:,} |")
     return lines + [
         "",
-        "LightGBM parameters: leaf values + split thresholds of all trees. Train seconds: the training "
-        "passes only (no evaluation), wall clock on a shared machine.",
+        "LightGBM parameters: leaf values + split thresholds of all trees. DIN: the sum over its one model per "
+        "task. Train seconds: the training passes only (no evaluation), wall clock on a shared machine.",
         "",
     ]
 
@@ -311,4 +315,30 @@ def _md_per_seed(report: dict[str, Any], arms: list[str]) -> list[str]:
             )
             + " |"
         )
+    return lines + [""]
+
+
+def _md_din(report: dict[str, Any]) -> list[str]:
+    """With a `din` arm: its validation rule and, per seed and task, the best epoch, validation AUC, seconds."""
+    din = report["arms"].get("din")
+    if din is None:
+        return []
+    per_seed = din["per_seed"]
+    first = next(iter(per_seed.values()))["models"]
+    tasks = [t for t in first if t != "validation"]
+    lines = [
+        "## DIN: early stopping on a validation set carved from the training window",
+        "",
+        f"Validation: {first['validation']['rule']} ({first['validation']['val_rows']:,} rows; "
+        f"{first['validation']['train_rows']:,} rows train). Cells: best epoch / epochs run, "
+        "validation AUC at the best epoch, training seconds.",
+        "",
+        "| seed | " + " | ".join(tasks) + " |",
+        "| --- | " + " | ".join("---" for _ in tasks) + " |",
+    ]
+    for seed, run in per_seed.items():
+        m = run["models"]
+        lines.append(f"| {seed} | " + " | ".join(
+            f"{m[t]['best_epoch']} / {m[t]['epochs_run']}, {_f(m[t]['val_auc'])}, {m[t]['train_seconds']:.0f}s"
+            for t in tasks) + " |")
     return lines + [""]
