@@ -186,9 +186,10 @@ def test_din_arm_runs_beside_unified_with_intervals_seconds_and_parameters(tiny:
     assert sum(models[t]["params"] for t in cfg.task_names) == din["params"]
     for t in cfg.task_names:
         assert models[t]["best_epoch"] >= 1 and len(models[t]["val_aucs"]) == models[t]["epochs_run"]
-    assert din["overall"]["click"]["auc"] is not None
+    lo, hi = din["auc_ci"]["overall"]["click"]  # the arm's own AUC interval, as every arm has
+    assert lo <= din["overall"]["click"]["auc"] <= hi
     lo, hi = rep["auc_diff_ci_vs_din"]["overall"]["click"]
     assert lo <= rep["auc_diff_vs_din"]["overall"]["click"] <= hi
     text = (out / "report.md").read_text()
     assert "| unified | din |" in text and "Unified − DIN (overall)" in text
-    assert "## DIN: early stopping" in text
+    assert "## DIN: early stopping" in text and "## AUC with 95% bootstrap intervals" in text

@@ -48,6 +48,7 @@ def build_report(schema: Schema, eval_b: Batch, runs: dict[str, dict[int, ArmRun
             "overall": {t: _mean_block([p["overall"][t] for p in seeds]) for t in seeds[0]["overall"]},
             "train_seconds": float(np.mean([p["train_seconds"] for p in seeds])),
             "params": seeds[0]["params"],
+            "auc_ci": auc_intervals(schema, eval_b, by_seed, n_boot),
             "per_seed": per_seed,
         }
     report: dict[str, Any] = {"arms": arms}
@@ -93,6 +94,17 @@ def auc_diff(
             point = np.mean([auc(y, p) for p in pa[:, rows, ti]]) - np.mean([auc(y, p) for p in pb[:, rows, ti]])
             diffs[name][task] = json_float(float(point))
     return diffs, cis
+
+
+def auc_intervals(schema: Schema, eval_b: Batch, runs: dict[int, ArmRun], n_boot: int) -> dict[str, Any]:
+    """95% bootstrap interval of one arm's seed-mean AUC per surface × task and overall (whole requests
+    resampled): that of AUC(arm) − AUC(a constant score), which is exactly ½ in every resample."""
+    first = next(iter(runs.values()))
+    constant = {0: ArmRun(np.zeros_like(first.probs), 0.0, 0)}
+    _, cis = auc_diff(schema, eval_b, runs, constant, n_boot, overall=True)
+    return {
+        s: {t: [None if v is None else v + 0.5 for v in ci] for t, ci in tasks.items()} for s, tasks in cis.items()
+    }
 
 
 def _mean_block(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -200,8 +212,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: per-arm metrics, AUC differences with intervals, cost, machine."""
     arms = list(report["arms"])
     lines = (
-        _md_header(report, arms) + _md_auc(report, arms) + _md_quality(report, arms) + _md_cost(report, arms)
-        + _md_per_seed(report, arms) + _md_din(report)
+        _md_header(report, arms) + _md_auc(report, arms) + _md_auc_ci(report, arms) + _md_quality(report, arms)
+        + _md_cost(report, arms) + _md_per_seed(report, arms) + _md_din(report)
     )
     return "\n".join([*lines, "![AUC per surface](auc.png)", ""])
 
@@ -261,6 +273,26 @@ def _md_auc(report: dict[str, Any], arms: list[str]) -> list[str]:
                 for t, ci in report[f"auc_diff_ci_vs_{base}"]["overall"].items()
             ),
         ]
+    return lines
+
+
+def _md_auc_ci(report: dict[str, Any], arms: list[str]) -> list[str]:
+    """Each arm's AUC with its 95% bootstrap interval (when the report has them)."""
+    if any("auc_ci" not in report["arms"][a] for a in arms):
+        return []
+    lines = [
+        "",
+        "## AUC with 95% bootstrap intervals (seed mean; whole requests resampled)",
+        "",
+        "| surface | task | " + " | ".join(arms) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in arms) + " |",
+    ]
+    for s, t in _slices(report):
+        cells = []
+        for a in arms:
+            ci = report["arms"][a]["auc_ci"].get(s, {}).get(t)
+            cells.append(_f(_block(report["arms"][a], s, t)["auc"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""))
+        lines.append(f"| {s} | {t} | " + " | ".join(cells) + " |")
     return lines
 
 
