@@ -54,14 +54,15 @@ def experiment_unify(
     seeds: str = typer.Option("0", help="Comma-separated training seeds; metrics are averaged over them."),
     arms: str = typer.Option(
         "unified,separate,shared,lightgbm",
-        help="Comma-separated arms: unified, separate, shared, lightgbm, and the ablations no_sequence, no_mmoe.",
+        help="Comma-separated arms: unified, separate, shared, lightgbm, din (one FuxiCTR-style DIN per task, "
+        "early-stopped on the training window's last day), and the ablations no_sequence, no_mmoe.",
     ),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC-difference intervals."),
     keep_runs: bool = typer.Option(False, help="Keep every model's checkpoint under OUT/runs."),
     sets: list[str] = set_option(),
     threads: int | None = threads_option(),
 ) -> None:
-    """Unified vs one model per surface vs one shared tower vs LightGBM (and ablations), same data and budget."""
+    """Unified vs one model per surface vs one shared tower vs LightGBM vs DIN (and ablations), same data."""
     import shlex
 
     from unictr.experiment.run import run_experiment

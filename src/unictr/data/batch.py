@@ -167,6 +167,12 @@ class Batch:
         rows = rows[torch.argsort(new_pos[self.user_index[rows]], stable=True)]
         return self._take(users, rows, new_pos[self.user_index[rows]])
 
+    def take_rows(self, rows: Tensor) -> Batch:
+        """The sub-batch of the given rows (in that order) and their users, each once (for per-row models
+        that shuffle rows across requests, e.g. the DIN baseline)."""
+        users, user_index = torch.unique(self.user_index[rows], return_inverse=True)
+        return self._take(users, rows, user_index)
+
     def slice_users(self, start: int, end: int) -> Batch:
         """Users `start:end` and their rows, as views: for a batch whose rows are grouped by user in user
         order (`user_index` non-decreasing, as `take_users` leaves them), where a minibatch is a slice."""

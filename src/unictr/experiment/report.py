@@ -20,6 +20,8 @@ from unictr.train.evaluate import Scored, sliced_metrics
 
 # ------------------------------------------------------------------------------------------ numbers
 
+BASELINES = {"lightgbm": "LightGBM", "din": "DIN"}  # arms the unified model is compared with overall
+
 
 def build_report(schema: Schema, eval_b: Batch, runs: dict[str, dict[int, ArmRun]], n_boot: int) -> dict[str, Any]:
     """Metrics per arm (seed mean and per seed) and bootstrap intervals of the AUC differences."""
@@ -46,12 +48,13 @@ def build_report(schema: Schema, eval_b: Batch, runs: dict[str, dict[int, ArmRun
             "overall": {t: _mean_block([p["overall"][t] for p in seeds]) for t in seeds[0]["overall"]},
             "train_seconds": float(np.mean([p["train_seconds"] for p in seeds])),
             "params": seeds[0]["params"],
+            "auc_ci": auc_intervals(schema, eval_b, by_seed, n_boot),
             "per_seed": per_seed,
         }
     report: dict[str, Any] = {"arms": arms}
     for a, b, key, overall in (
         ("unified", "separate", "auc_diff_ci", False),
-        ("unified", "lightgbm", "auc_diff_ci_vs_lightgbm", True),
+        *(("unified", base, f"auc_diff_ci_vs_{base}", True) for base in BASELINES),
     ):
         if a in runs and b in runs:
             diff, ci = auc_diff(schema, eval_b, runs[a], runs[b], n_boot, overall)
@@ -91,6 +94,17 @@ def auc_diff(
             point = np.mean([auc(y, p) for p in pa[:, rows, ti]]) - np.mean([auc(y, p) for p in pb[:, rows, ti]])
             diffs[name][task] = json_float(float(point))
     return diffs, cis
+
+
+def auc_intervals(schema: Schema, eval_b: Batch, runs: dict[int, ArmRun], n_boot: int) -> dict[str, Any]:
+    """95% bootstrap interval of one arm's seed-mean AUC per surface × task and overall (whole requests
+    resampled): that of AUC(arm) − AUC(a constant score), which is exactly ½ in every resample."""
+    first = next(iter(runs.values()))
+    constant = {0: ArmRun(np.zeros_like(first.probs), 0.0, 0)}
+    _, cis = auc_diff(schema, eval_b, runs, constant, n_boot, overall=True)
+    return {
+        s: {t: [None if v is None else v + 0.5 for v in ci] for t, ci in tasks.items()} for s, tasks in cis.items()
+    }
 
 
 def _mean_block(blocks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -198,8 +212,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     """The human-readable report: per-arm metrics, AUC differences with intervals, cost, machine."""
     arms = list(report["arms"])
     lines = (
-        _md_header(report, arms) + _md_auc(report, arms) + _md_quality(report, arms) + _md_cost(report, arms)
-        + _md_per_seed(report, arms)
+        _md_header(report, arms) + _md_auc(report, arms) + _md_auc_ci(report, arms) + _md_quality(report, arms)
+        + _md_cost(report, arms) + _md_per_seed(report, arms) + _md_din(report)
     )
     return "\n".join([*lines, "![AUC per surface](auc.png)", ""])
 
@@ -247,16 +261,38 @@ def _md_auc(report: dict[str, Any], arms: list[str]) -> list[str]:
             d, ci = report["auc_diff"].get(s, {}).get(t), report["auc_diff_ci"].get(s, {}).get(t)
             row += " | " + (f"{_f(d, '+.4f')} [{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]" if ci else "")
         lines.append(row + " |")
-    if "auc_diff_ci_vs_lightgbm" in report:
+    for base, name in BASELINES.items():
+        if f"auc_diff_ci_vs_{base}" not in report:
+            continue
         lines += [
             "",
-            "Unified − LightGBM (overall): "
+            f"Unified − {name} (overall): "
             + ", ".join(
-                f"{t} {_f(report['auc_diff_vs_lightgbm']['overall'][t], '+.4f')} "
+                f"{t} {_f(report[f'auc_diff_vs_{base}']['overall'][t], '+.4f')} "
                 f"[{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]"
-                for t, ci in report["auc_diff_ci_vs_lightgbm"]["overall"].items()
+                for t, ci in report[f"auc_diff_ci_vs_{base}"]["overall"].items()
             ),
         ]
+    return lines
+
+
+def _md_auc_ci(report: dict[str, Any], arms: list[str]) -> list[str]:
+    """Each arm's AUC with its 95% bootstrap interval (when the report has them)."""
+    if any("auc_ci" not in report["arms"][a] for a in arms):
+        return []
+    lines = [
+        "",
+        "## AUC with 95% bootstrap intervals (seed mean; whole requests resampled)",
+        "",
+        "| surface | task | " + " | ".join(arms) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in arms) + " |",
+    ]
+    for s, t in _slices(report):
+        cells = []
+        for a in arms:
+            ci = report["arms"][a]["auc_ci"].get(s, {}).get(t)
+            cells.append(_f(_block(report["arms"][a], s, t)["auc"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""))
+        lines.append(f"| {s} | {t} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -285,8 +321,8 @@ def _md_cost(report: dict[str, Any], arms: list[str]) -> list[str]:
         lines.append(f"| {a} | {report['arms'][a]['train_seconds']:.0f} | {report['arms'][a]['params']:,} |")
     return lines + [
         "",
-        "LightGBM parameters: leaf values + split thresholds of all trees. Train seconds: the training "
-        "passes only (no evaluation), wall clock on a shared machine.",
+        "LightGBM parameters: leaf values + split thresholds of all trees. DIN: the sum over its one model per "
+        "task. Train seconds: the training passes only (no evaluation), wall clock on a shared machine.",
         "",
     ]
 
@@ -311,4 +347,30 @@ def _md_per_seed(report: dict[str, Any], arms: list[str]) -> list[str]:
             )
             + " |"
         )
+    return lines + [""]
+
+
+def _md_din(report: dict[str, Any]) -> list[str]:
+    """With a `din` arm: its validation rule and, per seed and task, the best epoch, validation AUC, seconds."""
+    din = report["arms"].get("din")
+    if din is None:
+        return []
+    per_seed = din["per_seed"]
+    first = next(iter(per_seed.values()))["models"]
+    tasks = [t for t in first if t != "validation"]
+    lines = [
+        "## DIN: early stopping on a validation set carved from the training window",
+        "",
+        f"Validation: {first['validation']['rule']} ({first['validation']['val_rows']:,} rows; "
+        f"{first['validation']['train_rows']:,} rows train). Cells: best epoch / epochs run, "
+        "validation AUC at the best epoch, training seconds.",
+        "",
+        "| seed | " + " | ".join(tasks) + " |",
+        "| --- | " + " | ".join("---" for _ in tasks) + " |",
+    ]
+    for seed, run in per_seed.items():
+        m = run["models"]
+        lines.append(f"| {seed} | " + " | ".join(
+            f"{m[t]['best_epoch']} / {m[t]['epochs_run']}, {_f(m[t]['val_auc'])}, {m[t]['train_seconds']:.0f}s"
+            for t in tasks) + " |")
     return lines + [""]

@@ -19,6 +19,7 @@ from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split
 from unictr.experiment.arms import ArmRun, ArmSkipped, train_separate, train_unified
 from unictr.experiment.baselines import train_lightgbm
+from unictr.experiment.din import train_din
 from unictr.experiment.report import build_report, data_meta, machine_info, plot_report, report_markdown
 from unictr.threads import resolve_threads
 
@@ -30,6 +31,7 @@ ARM_PLAN: dict[str, tuple[Callable[..., ArmRun], Callable[[Config], Config]]] = 
     "separate": (train_separate, lambda cfg: cfg),
     "shared": (train_unified, lambda cfg: with_changes(cfg, "model.tower", per_surface=False)),
     "lightgbm": (train_lightgbm, lambda cfg: cfg),
+    "din": (train_din, lambda cfg: cfg),
     "no_sequence": (train_unified, lambda cfg: with_changes(cfg, "model.sequence", enabled=False)),
     "no_mmoe": (train_unified, lambda cfg: with_changes(cfg, "model.mmoe", enabled=False)),
 }
