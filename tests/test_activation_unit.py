@@ -3,19 +3,13 @@ embedding decay (`train.embedding_decay_skip`)."""
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 import torch
 
-from tests.fixtures import small_config, train_small_run
-from unictr.checkpoint import load_model
+from tests.conftest import random_table
 from unictr.config import with_changes
-from unictr.data.reader import load_split, load_surface_split
-from unictr.export.artifact import ONNX_FILE, load_export
-from unictr.export.job import export_surface
-from unictr.model import UnifiedCTR, probabilities
+from unictr.data.reader import encode_table
+from unictr.model import UnifiedCTR
 from unictr.modules.activation_unit import ActivationUnitAttention
 from unictr.train.loop import make_optimizer
 
@@ -62,28 +56,22 @@ def test_activation_unit_one_user_equals_gather() -> None:
     torch.testing.assert_close(one, two, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["activation_unit", "both"])
-def test_activation_unit_model_trains_and_exports(sim_config, tmp_path, mode) -> None:
-    """The config value swaps the target attention: the model trains to a finite loss, and its surface export
-    (safetensors and ONNX) scores that surface's rows like the unified model."""
-    import onnxruntime as ort
-
-    cfg = with_changes(small_config(sim_config), "model.sequence", target_attention=mode, attention_hidden=8)
-    torch.manual_seed(0)
-    data, run = train_small_run(cfg, tmp_path)
-    full, manifest = load_model(run)
-    assert (full.target_attention is None) == (mode == "activation_unit") and full.activation_unit is not None
-    assert math.isfinite(manifest["history"][-1]["train_loss"])
-    export_surface(run, "related", tmp_path / "exp", fmt="onnx")
-    model, _ = load_export(tmp_path / "exp")
-    full_b = load_split(data / "eval", full.schema, cfg.data)
-    expected = probabilities(full, full_b)[full_b.surface == full.schema.surfaces.index("related")]
-    b = load_surface_split(data / "eval", model.schema, cfg.data, "related")
-    assert b.num_rows == len(expected) > 0
-    assert (probabilities(model, b) - expected).abs().max().item() <= 1e-5
-    session = ort.InferenceSession(str(tmp_path / "exp" / ONNX_FILE), providers=["CPUExecutionProvider"])
-    got = session.run(None, {i.name: getattr(b, i.name).numpy() for i in session.get_inputs()})[0]
-    assert np.abs(got - expected.numpy()).max() <= 1e-4
+def test_both_attentions_feed_the_trunk(sim_config) -> None:
+    """`both`: the dot-product output (embedding_dim) and the unit's (fields × embedding_dim) join the candidate
+    vector (explicit crosses off: they count the dot output as one more field), and the model scores a batch
+    to finite logits."""
+    sim_config = with_changes(sim_config, "model", interaction=False)
+    d = sim_config.model.embedding_dim
+    fields = 1 + len(sim_config.sequence.side_features)
+    width = {}
+    for mode in ("dot", "activation_unit", "both"):
+        torch.manual_seed(0)
+        model = UnifiedCTR(with_changes(sim_config, "model.sequence", target_attention=mode)).eval()
+        width[mode] = model.mmoe.first.cand.in_features
+        b = encode_table(random_table(sim_config, 12, seed=3), model.schema, sim_config.data)
+        with torch.no_grad():
+            assert torch.isfinite(model(b)).all()
+    assert width["both"] - width["dot"] == fields * d and width["both"] - width["activation_unit"] == d
 
 
 def _one_step(cfg, model: UnifiedCTR, rows: torch.Tensor) -> torch.Tensor:

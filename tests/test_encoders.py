@@ -52,15 +52,18 @@ def test_mean_pool_ignores_padding() -> None:
 
 
 def test_mean_pool_model_trains_and_exports(sim_config, tmp_path) -> None:
-    """A config value swaps the encoder: the model trains to a finite loss, and its surface export (safetensors
-    and ONNX) scores that surface's rows like the unified model."""
+    """Config values swap the encoder and the target attention (KuaiRand's pair: mean_pool and DIN's activation
+    unit): the model trains to a finite loss, and its surface export (safetensors and ONNX) scores that
+    surface's rows like the unified model."""
     import onnxruntime as ort
 
-    cfg = with_changes(small_config(sim_config), "model.sequence", encoder="mean_pool")
+    cfg = with_changes(small_config(sim_config), "model.sequence", encoder="mean_pool",
+                       target_attention="activation_unit", attention_hidden=8)
     torch.manual_seed(0)
     data, run = train_small_run(cfg, tmp_path)
     full, run_manifest = load_model(run)
-    assert isinstance(full.sequence, MeanPoolEncoder)
+    assert isinstance(full.sequence, MeanPoolEncoder) and full.target_attention is None
+    assert full.activation_unit is not None
     assert math.isfinite(run_manifest["history"][-1]["train_loss"])
 
     manifest = export_surface(run, "search", tmp_path / "exp", fmt="onnx")
