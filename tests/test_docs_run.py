@@ -70,6 +70,7 @@ SKIP: dict[str, str] = {
     "docs/report.md: unictr report ablation --out ablation/report.html": "needs the ablation directory of "
     "docs/model.md's 1M-row experiment (skipped above: minutes)",
     "docs/results.md: D=../shared/data/kuairand (3)": KUAIRAND,
+    "docs/results.md: D=../shared/data/kuairand (4)": KUAIRAND,
     "docs/rollout.md: for S in $OLD $NEW; do": ROLLOUT,
     "docs/rollout.md: unictr registry promote --registry $REG --surface search --version v0002": ROLLOUT,
     "docs/rollout.md: unictr registry promote --registry $REG --surface home_feed --version": ROLLOUT,
