@@ -170,19 +170,11 @@ class UnifiedCTR(nn.Module):
         if self.cand_dense is not None:
             cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
         fields = [rows_of_users(user_emb, b.user_index), trunk_emb]
-        if self.sequence is not None and self.target_attention is not None:
-            # the item's row plus its side features' rows, as adds (a ReduceSum over 2-4 rows is slow in ONNX Runtime)
-            query = cand_emb[:, self.item_col]
-            for col in self.side_cols:
-                query = query + cand_emb[:, col]
-            attended = self.target_attention(query, seq_emb, tokens, tok_mask, b.user_index)
-            cand_parts.append(attended)
-            fields.append(attended[:, None])
-        if self.sequence is not None and self.activation_unit is not None:
-            # the item's fields side by side, for the candidate and for each event (start token left out)
-            events = torch.cat([parts[2].view(u, length, 1, d), side_emb], dim=2).flatten(2)
-            target = cand_emb.index_select(1, self.field_index).flatten(1)
-            cand_parts.append(self.activation_unit(target, events, tokens[:, 1:], tok_mask[:, 1:], b.user_index))
+        if self.sequence is not None:
+            events = torch.cat([parts[2].view(u, length, 1, d), side_emb], dim=2)  # [U, L, fields, D]
+            dot, unit = self._read_events(b, cand_emb, events, seq_emb, tokens, tok_mask)
+            cand_parts += [x for x in (dot, unit) if x is not None]
+            fields += [dot[:, None]] if dot is not None else []
         if self.interaction is not None:
             cand_parts.append(self.interaction(torch.cat(fields, dim=1)))
         cand_vec = torch.cat(cand_parts, dim=1)
@@ -201,6 +193,24 @@ class UnifiedCTR(nn.Module):
         # 6. Learned calibration per (key, task), then the post-hoc fit per (view key, task).
         logits = self.calibration(logits, self.calibration_key(b))
         return self.calibration.posthoc(logits, b.view_key)
+
+    def _read_events(
+        self, b: Batch, cand_emb: Tensor, events: Tensor, seq_emb: Tensor, tokens: Tensor, tok_mask: Tensor
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """The target attentions `model.sequence.target_attention` names, where user meets candidate: the dot
+        product's output `[N, D]` and the activation unit's `[N, fields·D]` (None where not configured)."""
+        dot = unit = None
+        if self.target_attention is not None:
+            # the item's row plus its side features' rows, as adds (a ReduceSum over 2-4 rows is slow in ONNX Runtime)
+            query = cand_emb[:, self.item_col]
+            for col in self.side_cols:
+                query = query + cand_emb[:, col]
+            dot = self.target_attention(query, seq_emb, tokens, tok_mask, b.user_index)
+        if self.activation_unit is not None:
+            # the item's fields side by side, for the candidate and for each event (start token left out)
+            target = cand_emb.index_select(1, self.field_index).flatten(1)
+            unit = self.activation_unit(target, events.flatten(2), tokens[:, 1:], tok_mask[:, 1:], b.user_index)
+        return dot, unit
 
     def calibration_key(self, b: Batch) -> Tensor:
         if self.calibration_scope == "view_type":
