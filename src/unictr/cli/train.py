@@ -144,8 +144,8 @@ def quickstart(
     data_dir, run_dir = out / "data", out / "run"
     simulate(rows=rows, seed=seed, out=data_dir)
     console.print(f"simulated {rows:,} rows → {data_dir} ({time.perf_counter() - t0:.0f}s)")
-    train(cfg, data_dir, run_dir, console=console, overwrite=True)  # the quickstart's own directory
-    metrics = evaluate_run(run_dir, data_dir, "eval")
+    # the quickstart's own directory; the last epoch's evaluation on data_dir/eval is the run's metrics
+    metrics = train(cfg, data_dir, run_dir, console=console, overwrite=True)["metrics"]
     write_json(out / "metrics.json", metrics)
     print_metrics(metrics)
     exports = export_all_surfaces(run_dir, out / "exports")
