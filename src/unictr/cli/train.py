@@ -127,7 +127,7 @@ def eval_cmd(
 @app.command("quickstart")
 def quickstart(
     out: Path = typer.Option(Path("quickstart"), help="Output directory."),
-    rows: int = typer.Option(2_500_000, help="Impressions to simulate."),
+    rows: int = typer.Option(2_000_000, help="Impressions to simulate."),
     config: Path = typer.Option(DEFAULT_CONFIG, help="YAML config."),
     seed: int = typer.Option(0, help="Simulator seed."),
     sets: list[str] = set_option(),
