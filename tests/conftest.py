@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from unictr.config import Config, load_config
+from unictr.config import Config, load_config, with_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 KUAIRAND_ENV = "UNICTR_KUAIRAND_DIR"  # or `pytest --kuairand-dir DIR`
@@ -41,7 +41,10 @@ def kuairand_missing(files: tuple[Path, ...]) -> str | None:
 
 @pytest.fixture(scope="session")
 def sim_config() -> Config:
-    return load_config(ROOT / "configs" / "sim.yaml")
+    """configs/sim.yaml with the Transformer sequence encoder (the design's and `SequenceModelSpec`'s default):
+    the quickstart's config trains `mean_pool` for speed, and the model, export and serving tests keep covering
+    the Transformer's paths (tests/test_encoders.py trains and exports `mean_pool`)."""
+    return with_changes(load_config(ROOT / "configs" / "sim.yaml"), "model.sequence", encoder="transformer")
 
 
 def random_table(cfg: Config, requests: int = 12, seed: int = 0, max_cands: int = 6) -> pa.Table:

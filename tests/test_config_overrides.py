@@ -20,10 +20,10 @@ SIM = ROOT / "configs" / "sim.yaml"
 
 
 def test_overrides_set_nested_keys_of_any_yaml_type() -> None:
-    cfg = load_config(SIM, ["train.epochs=1", "train.lr=0.01", "model.sequence.encoder=mean_pool",
+    cfg = load_config(SIM, ["train.epochs=1", "train.lr=0.01", "model.sequence.encoder=transformer",
                             "train.checkpoint_every_steps=null", "train.bf16=true"])
     assert (cfg.train.epochs, cfg.train.lr, cfg.train.checkpoint_every_steps, cfg.train.bf16) == (1, 0.01, None, True)
-    assert cfg.model.sequence.encoder == "mean_pool"
+    assert cfg.model.sequence.encoder == "transformer"  # the YAML says mean_pool
     assert cfg.model.sequence.layers == load_config(SIM).model.sequence.layers  # the rest of the section stays
 
 

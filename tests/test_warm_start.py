@@ -69,9 +69,9 @@ def test_loads_exactly_the_matching_entries(cfg: Config, stage1: tuple[Config, P
         want = old_state["view_embedding.weight"][s_old.view_keys.index(key)] if key[0] in OLD else init[
             "view_embedding.weight"][k]
         assert torch.equal(new_state["view_embedding.weight"][k], want)
-    gate = new_state["mmoe.gate.cand.weight"].view(3, -1, 8)
-    gate_old = old_state["mmoe.gate.cand.weight"].view(2, -1, 8)
-    assert torch.equal(gate[:2], gate_old) and torch.equal(gate[2], init["mmoe.gate.cand.weight"].view(3, -1, 8)[2])
+    gate = new_state["mmoe.gate.cand.weight"].view(3, -1)
+    gate_old = old_state["mmoe.gate.cand.weight"].view(2, -1)
+    assert torch.equal(gate[:2], gate_old) and torch.equal(gate[2], init["mmoe.gate.cand.weight"].view(3, -1)[2])
     emb = model.embedding
     for table, size in zip(emb.names, emb.sizes, strict=True):
         at = int(emb.table_offsets([table])[0])
@@ -107,8 +107,9 @@ def test_grown_table_keeps_its_old_rows(stage1: tuple[Config, Path]) -> None:
 
 def test_refuses_incompatible_shapes_listing_them(stage1: tuple[Config, Path]) -> None:
     cfg1, run = stage1
-    wider = with_changes(cfg1, "model.mmoe", expert_hidden=64)
-    listed = r"incompatible shapes.*mmoe\.w2: \(4, 128, 64\) -> \(4, 64, 64\).*mmoe\.first\.cand\.weight"
+    wider = with_changes(cfg1, "model.mmoe", expert_hidden=2 * cfg1.model.mmoe.expert_hidden)
+    e, h, o = cfg1.model.mmoe.experts, cfg1.model.mmoe.expert_hidden, cfg1.model.mmoe.expert_dim
+    listed = rf"incompatible shapes.*mmoe\.w2: \({e}, {h}, {o}\) -> \({e}, {2 * h}, {o}\).*mmoe\.first\.cand\.weight"
     with pytest.raises(WarmStartError, match=listed):
         warm_start(fresh(wider), wider, run)
     raw = cfg1.model_dump(mode="json")

@@ -127,7 +127,7 @@ def eval_cmd(
 @app.command("quickstart")
 def quickstart(
     out: Path = typer.Option(Path("quickstart"), help="Output directory."),
-    rows: int = typer.Option(1_000_000, help="Impressions to simulate."),
+    rows: int = typer.Option(2_000_000, help="Impressions to simulate."),
     config: Path = typer.Option(DEFAULT_CONFIG, help="YAML config."),
     seed: int = typer.Option(0, help="Simulator seed."),
     sets: list[str] = set_option(),
@@ -144,8 +144,8 @@ def quickstart(
     data_dir, run_dir = out / "data", out / "run"
     simulate(rows=rows, seed=seed, out=data_dir)
     console.print(f"simulated {rows:,} rows → {data_dir} ({time.perf_counter() - t0:.0f}s)")
-    train(cfg, data_dir, run_dir, console=console, overwrite=True)  # the quickstart's own directory
-    metrics = evaluate_run(run_dir, data_dir, "eval")
+    # the quickstart's own directory; the last epoch's evaluation on data_dir/eval is the run's metrics
+    metrics = train(cfg, data_dir, run_dir, console=console, overwrite=True)["metrics"]
     write_json(out / "metrics.json", metrics)
     print_metrics(metrics)
     exports = export_all_surfaces(run_dir, out / "exports")
