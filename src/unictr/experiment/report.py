@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -276,42 +277,43 @@ def _md_auc(report: dict[str, Any], arms: list[str]) -> list[str]:
     return lines
 
 
+def _slice_table(
+    report: dict[str, Any], arms: list[str], title: str, align: str, cell: Callable[[str, str, str], str]
+) -> list[str]:
+    """A markdown table with a row per (surface, task) slice and a column per arm, `cell(arm, surface, task)`."""
+    lines = [
+        "",
+        f"## {title}",
+        "",
+        "| surface | task | " + " | ".join(arms) + " |",
+        "| --- | --- | " + " | ".join(align for _ in arms) + " |",
+    ]
+    for s, t in _slices(report):
+        lines.append(f"| {s} | {t} | " + " | ".join(cell(a, s, t) for a in arms) + " |")
+    return lines
+
+
 def _md_auc_ci(report: dict[str, Any], arms: list[str]) -> list[str]:
     """Each arm's AUC with its 95% bootstrap interval (when the report has them)."""
     if any("auc_ci" not in report["arms"][a] for a in arms):
         return []
-    lines = [
-        "",
-        "## AUC with 95% bootstrap intervals (seed mean; whole requests resampled)",
-        "",
-        "| surface | task | " + " | ".join(arms) + " |",
-        "| --- | --- | " + " | ".join("---:" for _ in arms) + " |",
-    ]
-    for s, t in _slices(report):
-        cells = []
-        for a in arms:
-            ci = report["arms"][a]["auc_ci"].get(s, {}).get(t)
-            cells.append(_f(_block(report["arms"][a], s, t)["auc"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""))
-        lines.append(f"| {s} | {t} | " + " | ".join(cells) + " |")
-    return lines
+
+    def cell(a: str, s: str, t: str) -> str:
+        ci = report["arms"][a]["auc_ci"].get(s, {}).get(t)
+        return _f(_block(report["arms"][a], s, t)["auc"]) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
+
+    return _slice_table(report, arms, "AUC with 95% bootstrap intervals (seed mean; whole requests resampled)",
+                        "---:", cell)
 
 
 def _md_quality(report: dict[str, Any], arms: list[str]) -> list[str]:
     """Log loss / NE / calibration ratio per slice and arm."""
-    lines = [
-        "",
-        "## Log loss / NE / calibration ratio (seed mean)",
-        "",
-        "| surface | task | " + " | ".join(arms) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in arms) + " |",
-    ]
-    for s, t in _slices(report):
-        cells = []
-        for a in arms:
-            b = _block(report["arms"][a], s, t)
-            cells.append(f"{_f(b['logloss'])} / {_f(b['ne'], '.3f')} / {_f(b['calibration_ratio'], '.2f')}")
-        lines.append(f"| {s} | {t} | " + " | ".join(cells) + " |")
-    return lines
+
+    def cell(a: str, s: str, t: str) -> str:
+        b = _block(report["arms"][a], s, t)
+        return f"{_f(b['logloss'])} / {_f(b['ne'], '.3f')} / {_f(b['calibration_ratio'], '.2f')}"
+
+    return _slice_table(report, arms, "Log loss / NE / calibration ratio (seed mean)", "---", cell)
 
 
 def _md_cost(report: dict[str, Any], arms: list[str]) -> list[str]:
