@@ -399,12 +399,22 @@ def test_surface_override_and_no_history(tmp_path):
     assert pc.list_value_length(t["seq_item"]).to_numpy().max() <= 8
 
 
+def _raw_rows(log: Path) -> list[dict[str, int]]:
+    """The raw log's rows, every column as an int."""
+    with log.open(newline="") as f:
+        return [{k: int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _date_of(raw: list[dict[str, int]]) -> dict[tuple[int, int, int], int]:
+    """The log date (YYYYMMDD) of each impression, by (user, video, time)."""
+    return {(r["user_id"], r["video_id"], r["time_ms"]): r["date"] for r in raw}
+
+
 @needs_data
 def test_engaged_only_sequences(tmp_path):
     """`engaged_only`: each sequence is exactly the brute-force one without the unengaged impressions."""
     log = _head(tmp_path, 3000, step=30)
-    with log.open(newline="") as f:
-        raw = [{k: int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    raw = _raw_rows(log)
     convert_kuairand([log], USERS, VIDEOS, None, EVAL_FROM, tmp_path / "all", max_seq_len=MAX_LEN)
     meta = convert_kuairand(
         [log], USERS, VIDEOS, None, EVAL_FROM, tmp_path / "engaged", max_seq_len=MAX_LEN, engaged_only=True
@@ -426,9 +436,8 @@ def test_engaged_only_sequences(tmp_path):
 @needs_data
 def test_eval_until_leaves_out_later_days(tmp_path):
     log = _head(tmp_path, 3000, step=30)
-    with log.open(newline="") as f:
-        raw = [{k: int(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    date_of = {(r["user_id"], r["video_id"], r["time_ms"]): r["date"] for r in raw}
+    raw = _raw_rows(log)
+    date_of = _date_of(raw)
     meta = convert_kuairand(
         [log], USERS, VIDEOS, None, "2022-04-28", tmp_path / "out", max_seq_len=8, eval_until="2022-04-29"
     )
@@ -444,9 +453,8 @@ def test_eval_until_leaves_out_later_days(tmp_path):
 def test_calib_from_writes_the_days_before_eval(tmp_path):
     """`calib_from`: the days from it until eval_from form calib/, whole requests, ids growing split to split."""
     log = _head(tmp_path, 3000, step=30)
-    with log.open(newline="") as f:
-        raw = [{k: int(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    date_of = {(r["user_id"], r["video_id"], r["time_ms"]): r["date"] for r in raw}
+    raw = _raw_rows(log)
+    date_of = _date_of(raw)
     meta = convert_kuairand([log], USERS, VIDEOS, None, "2022-04-29", tmp_path / "out", max_seq_len=8,
                             calib_from="2022-04-28")
     assert list(meta["splits"]) == ["train", "calib", "eval"] and meta["calib_from"] == "2022-04-28"
