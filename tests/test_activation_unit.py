@@ -106,3 +106,5 @@ def test_embedding_decay_skip(sim_config) -> None:
 def test_embedding_decay_skip_names_a_table_owner(sim_config) -> None:
     with pytest.raises(ValueError, match="train.embedding_decay_skip: 'nope' must name a categorical feature"):
         with_changes(sim_config, "train", embedding_decay_skip=["nope"])
+    with pytest.raises(ValueError, match="train.embedding_decay_skip: applies to embedding_optimizer adamw only"):
+        with_changes(sim_config, "train", embedding_decay_skip=["ad_topic"], embedding_optimizer="rowwise_adagrad")

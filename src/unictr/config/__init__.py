@@ -69,6 +69,11 @@ class Config(_Strict):
                 raise ValueError(
                     f"features.{f.name}.towers: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}"
                 )
+        if self.train.embedding_decay_skip and self.train.embedding_optimizer != "adamw":
+            raise ValueError(
+                "train.embedding_decay_skip: applies to embedding_optimizer adamw only, got "
+                f"{self.train.embedding_optimizer!r}"
+            )
         for name in self.train.embedding_decay_skip:
             f = by_name.get(name)
             if f is None or f.kind != "categorical" or f.table:
