@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import fields
 from pathlib import Path
@@ -16,6 +17,7 @@ from rich.console import Console
 from tests.conftest import random_table
 from tests.fixtures import small_config
 from unictr.checkpoint import load_model
+from unictr.config import TrainSpec
 from unictr.data.batch import Batch, Schema, concat_batches
 from unictr.data.canonical import ParquetOptions, write_split
 from unictr.data.errors import DataError
@@ -30,6 +32,7 @@ from unictr.data.stream import (
     user_chunks,
 )
 from unictr.train.evaluate import evaluate, evaluate_split
+from unictr.train.input import epoch_steps
 from unictr.train.loop import train
 
 
@@ -175,6 +178,38 @@ def test_minibatch_stream_covers_each_request_once_within_its_buffer(sim_config,
     assert abs(len(first) - estimated_minibatches(units, 32)) <= len(first) // 4
     largest_unit = max(b.num_rows for u in units if (b := read_unit(u, schema, sim_config.data)) is not None)
     assert 120 < stream.peak_rows < 120 + largest_unit < whole.num_rows // 2
+
+
+def _surface_of_requests(b: Batch, surfaces: int) -> torch.Tensor:
+    """Requests per surface index."""
+    first = torch.searchsorted(b.user_index, torch.arange(b.num_users))  # rows are grouped by request
+    return torch.bincount(b.surface[first], minlength=surfaces)
+
+
+def test_surface_sample_reads_a_fresh_sample_of_whole_requests_per_pass(sim_config, tmp_path) -> None:
+    """`train.surface_sample`: a pass reads each home_feed request with probability 1/4 (whole), every other
+    request, a different sample for another seed (epoch); the LR schedule counts the expected rows."""
+    schema = Schema.from_config(sim_config)
+    d = _split(sim_config, tmp_path, 64, requests=(600, 400))
+    whole = load_split(d, schema, sim_config.data)
+    units = split_units(d)
+    total = _surface_of_requests(whole, 3)
+    keep = torch.tensor([0.25, 1.0, 1.0])  # home_feed, search, related
+    samples = []
+    for seed in (1, 2, 1):
+        stream = MinibatchStream(units, schema, sim_config.data, 64, 10_000, seed=seed, keep=keep)
+        got = concat_batches(list(stream))
+        n = _surface_of_requests(got, 3)
+        assert torch.equal(n[1:], total[1:])
+        sd = (total[0] * 0.25 * 0.75) ** 0.5
+        assert abs(n[0] - 0.25 * total[0]) < 4 * sd, (n, total)
+        assert not _requests(got) - _requests(whole)  # whole requests of the split, each at most once
+        samples.append(_requests(got))
+    assert samples[0] != samples[1] and samples[0] == samples[2]
+    home = int((whole.surface == 0).sum())
+    spec = TrainSpec(surface_sample={"home_feed": 0.25})
+    assert epoch_steps(units, spec, sim_config.data, 64) == math.ceil((whole.num_rows - 0.75 * home) / 64)
+    assert epoch_steps(units, TrainSpec(), sim_config.data, 64) == math.ceil(whole.num_rows / 64)
 
 
 def test_minibatch_stream_is_one_permutation_when_the_buffer_holds_the_split(sim_config, tmp_path) -> None:

@@ -80,6 +80,9 @@ class Config(_Strict):
                 raise ValueError(
                     f"train.embedding_decay_skip: {name!r} must name a categorical feature that owns its table"
                 )
+        bad = set(self.train.surface_sample) - surfaces
+        if bad:
+            raise ValueError(f"train.surface_sample: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}")
         for t in self.tasks:
             if t.surfaces == [] and not (info.context or {}).get("placeholder_tasks"):
                 raise ValueError(f"tasks.{t.name}.surfaces: empty; list at least one surface, or null for all")

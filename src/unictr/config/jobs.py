@@ -75,11 +75,25 @@ class TrainSpec(_Strict):
     warmup_steps: int = Field(default=100, ge=0, description="Linear warm-up steps (cosine schedule).")
     epochs: int = Field(default=2, ge=1, description="Passes over the training split.")
     seed: int = Field(default=0, description="Seeds torch (init, window masks) and the request shuffle.")
+    surface_sample: dict[str, float] = Field(
+        default_factory=dict, description="Fraction of each named surface's requests trained on per epoch: a fresh "
+        "uniform sample of whole requests every epoch (surfaces not named: all of them). Stage 2 of a staged "
+        "unification replays part of the old surfaces' rows (docs/model.md *Warm start*); it also thins a dominant "
+        "surface. Uniform within a surface, so that surface's label rates, and so its calibration, stay as logged."
+    )
     threads: int | Literal["auto"] = Field(
         default="auto", description="torch intra-op threads, or auto: the cores this process may use (affinity, "
         "cgroup quota) less those other processes keep busy when the job starts, at least 1 (unictr/threads.py; "
         "2 threads beside another job on 2 cores ran 4x slower than 1, docs/performance.md)."
     )
+
+    @field_validator("surface_sample")
+    @classmethod
+    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"surface_sample: fractions must be in (0, 1]; got {bad}")
+        return value
 
     @field_validator("threads")
     @classmethod

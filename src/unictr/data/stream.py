@@ -215,6 +215,14 @@ def user_chunks(b: Batch, rows: int, order: Tensor | None = None) -> Iterator[Ba
         start = end
 
 
+def sample_requests(b: Batch, keep: Tensor, generator: torch.Generator) -> Batch:
+    """A uniform sample of `b`'s requests: each request of surface `s` kept with probability `keep[s]`."""
+    surface = torch.empty(b.num_users, dtype=b.surface.dtype)
+    surface[b.user_index] = b.surface  # a request's surface (the value of its rows)
+    kept = torch.rand(b.num_users, generator=generator) < keep[surface]
+    return b.take_users(torch.nonzero(kept, as_tuple=True)[0])
+
+
 class MinibatchStream:
     """Minibatches of whole requests from `units` (read in the given order) through a shuffle buffer.
 
@@ -226,16 +234,17 @@ class MinibatchStream:
     the split makes one permutation of all its requests. The request rules are checked per unit; a
     caller wanting them across a file's row groups too runs `check_file_requests` on it once. `cache`,
     when given, keeps each unit once read (the trainer passes one when the whole split fits the buffer
-    budget, so later epochs decode nothing).
+    budget, so later epochs decode nothing). `keep`, when given, is the fraction of each surface's requests
+    (by surface index) a pass reads: a uniform sample drawn per pass (`train.surface_sample`).
     """
 
     def __init__(
         self, units: list[Unit], schema: Schema, keys: DataSpec, batch_rows: int, buffer_rows: int, seed: int,
-        cache: dict[Unit, Batch | None] | None = None,
+        cache: dict[Unit, Batch | None] | None = None, keep: Tensor | None = None,
     ) -> None:
         self.units, self.schema, self.keys = units, schema, keys
         self.batch_rows, self.buffer_rows, self.seed = batch_rows, buffer_rows, seed
-        self.cache = cache
+        self.cache, self.keep = cache, keep
         self.peak_rows = 0
 
     def _read(self, unit: Unit) -> Batch | None:
@@ -250,7 +259,9 @@ class MinibatchStream:
         held: list[Batch] = []
         for unit in self.units:
             b = self._read(unit)
-            if b is not None:
+            if b is not None and self.keep is not None:
+                b = sample_requests(b, self.keep, generator)
+            if b is not None and b.num_users:
                 held.append(b)
             rows = sum(h.num_rows for h in held)
             self.peak_rows = max(self.peak_rows, rows)

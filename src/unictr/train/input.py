@@ -11,12 +11,18 @@ the number of processes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
 
 from unictr.config import DataSpec, TrainSpec
 from unictr.data.batch import Batch, Schema, concat_batches
 from unictr.data.errors import DataError
-from unictr.data.stream import MinibatchStream, Unit, epoch_shard
+from unictr.data.stream import MinibatchStream, Unit, epoch_shard, estimated_minibatches
 
 
 def stream_count(spec: TrainSpec, units: list[Unit], world: int) -> int:
@@ -39,6 +45,26 @@ def unit_cache(spec: TrainSpec, units: list[Unit]) -> dict[Unit, Batch | None] |
     return {} if sum(u.rows for u in units) <= spec.shuffle_buffer_rows else None
 
 
+def surface_keep(spec: TrainSpec, schema: Schema) -> Tensor | None:
+    """The fraction of each surface's requests an epoch reads (`train.surface_sample`), or None for all."""
+    if not spec.surface_sample:
+        return None
+    return torch.tensor([spec.surface_sample.get(s, 1.0) for s in schema.surfaces])
+
+
+def epoch_steps(units: list[Unit], spec: TrainSpec, keys: DataSpec, global_batch: int) -> int:
+    """About how many steps an epoch takes (the LR schedule's estimate); under `train.surface_sample`, those
+    of the expected sample (each surface's rows counted from its column)."""
+    if not spec.surface_sample:
+        return estimated_minibatches(units, global_batch)
+    rows = 0.0
+    for file in sorted({u.file for u in units}):
+        col = pq.read_table(file, columns=[keys.surface])[keys.surface]
+        for item in pc.value_counts(col).to_pylist():
+            rows += item["counts"] * spec.surface_sample.get(str(item["values"]), 1.0)
+    return max(1, math.ceil(rows / global_batch))
+
+
 def rank_input(
     units: list[Unit], schema: Schema, keys: DataSpec, spec: TrainSpec, global_batch: int, epoch: int,
     rank: int, world: int, cache: dict[Unit, Batch | None] | None = None,
@@ -57,7 +83,7 @@ def rank_input(
         shard = epoch_shard(units, spec.seed, epoch, v, streams)
         rows = max(1, round(global_batch * sum(u.rows for u in shard) / total))
         seed = (spec.seed * 1_000_003 + epoch) * 1_009 + v
-        mine.append(iter(MinibatchStream(shard, schema, keys, rows, buffer, seed, cache)))
+        mine.append(iter(MinibatchStream(shard, schema, keys, rows, buffer, seed, cache, surface_keep(spec, schema))))
     while True:
         parts = [b for b in (next(s, None) for s in mine) if b is not None]
         yield concat_batches(parts) if len(parts) > 1 else (parts[0] if parts else None)

@@ -27,7 +27,7 @@ from torch import nn
 from unictr.checkpoint import MODEL_FILE, fault_point, read_manifest
 from unictr.config import Config, TrainSpec
 from unictr.data.batch import Batch, Schema
-from unictr.data.stream import Unit, estimated_minibatches, split_units, user_chunks
+from unictr.data.stream import Unit, split_units, user_chunks
 from unictr.model import UnifiedCTR, masked_bce
 from unictr.modules.embedding import RowwiseAdagrad
 from unictr.threads import resolve_threads
@@ -36,7 +36,7 @@ from unictr.train.checkpoints import CheckpointStore
 from unictr.train.distributed import Dist
 from unictr.train.evaluate import evaluate_split
 from unictr.train.events import EVERY_STEPS, EventLog
-from unictr.train.input import rank_input, stream_count, unit_cache
+from unictr.train.input import epoch_steps, rank_input, stream_count, unit_cache
 from unictr.train.resume import prepare_run_dir, restore
 from unictr.train.state import OPTIMIZER_FILE, Position, optimizer_tensors, rng_states
 from unictr.train.warm_start import apply_options, warm_start
@@ -220,7 +220,7 @@ def _setup(  # long: the order of the steps is the point (RNG stream, then warm 
         cfg=cfg, run_dir=run_dir, device=device, dist=d, schema=schema, units=units,
         eval_dir=data_dir / "eval" if (data_dir / "eval").exists() else None, model=model, net=model, opt=opt,
         weights=torch.tensor([t.weight for t in cfg.tasks], device=device), store=store, pos=Position(),
-        global_batch=global_batch, steps_per_epoch=estimated_minibatches(units, global_batch),
+        global_batch=global_batch, steps_per_epoch=epoch_steps(units, spec, cfg.data, global_batch),
         cache=unit_cache(spec, units), warm_start=warm.as_dict() if warm is not None else None,
     )
     if d.world > 1:
