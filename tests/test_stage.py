@@ -55,7 +55,7 @@ def staged(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = root / "report"
     args = ["experiment", "stage", "--config", str(cfg_path), "--data", str(root / "data"), "--out", str(out),
             "--stages", "home_feed,search;related", "--seeds", "0", "--bootstrap", "20", "--latency-repeats", "3",
-            "--stage2-epochs", "1", "--keep-runs"]
+            "--stage2-epochs", "1", "--stage2-replay", "0.5", "--keep-runs"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return {"out": out, "json": json.loads((out / "report.json").read_text()), "output": result.output}
@@ -64,6 +64,7 @@ def staged(cfg: Config, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_report_compares_each_view(staged: dict) -> None:
     r = staged["json"]
     assert r["stages"] == [["home_feed", "search"], ["related"]] and r["stage2_epochs"] == 1
+    assert r["stage2_replay"] == 0.5
     views = r["views"]
     assert list(views["old"]["arms"]) == ["stage1", "staged", "scratch"]
     assert set(views["old"]["arms"]["stage1"]["surfaces"]) == {"home_feed", "search"}
@@ -92,6 +93,8 @@ def test_stage2_was_warm_started_from_stage1(staged: dict) -> None:
     ws = manifest["warm_start"]
     assert ws["from"] == str(runs / "stage1")
     assert any(n.startswith("towers.towers.2.") for n in ws["new"]) and "mmoe.w2" in ws["loaded"]
+    # stage 2 replays half of the old surfaces' requests each epoch
+    assert manifest["config"]["train"]["surface_sample"] == {"home_feed": 0.5, "search": 0.5}
     stage1, _ = load_model(runs / "stage1")
     assert stage1.cfg.surface_names == ["home_feed", "search"]
     # the stage-1 split holds only the first group's rows

@@ -149,8 +149,11 @@ def experiment_stage(
                                "stage 2 warm-starts from it and trains on every row."),
     out: Path = typer.Option(..., help="Report directory: report.md, report.json."),
     seeds: str = typer.Option("0", help="Comma-separated training seeds; metrics are averaged over them."),
-    stage2_epochs: int | None = typer.Option(None, min=1, help="Epochs of stage 2 (default: half the config's, "
+    stage2_epochs: int | None = typer.Option(None, min=1, help="Epochs of stage 2 (default: 3/4 of the config's, "
                                              "rounded up)."),
+    stage2_replay: float = typer.Option(1.0, min=0.0, max=1.0, help="Fraction of the old surfaces' requests "
+                                        "stage 2 trains on per epoch (a fresh sample each epoch; 1 = all). With "
+                                        "few epochs (2: 3/4 rounds up to all of them), e.g. 0.5 at the full count."),
     bootstrap: int = typer.Option(1000, help="Bootstrap resamples for the AUC-difference intervals."),
     latency_repeats: int = typer.Option(200, min=1, help="Timed requests per surface export (p50/p99)."),
     keep_runs: bool = typer.Option(False, help="Keep every model's checkpoint under OUT/runs."),
@@ -169,9 +172,11 @@ def experiment_stage(
         ["unictr", "experiment", "stage", "--config", str(config), "--data", str(data), "--stages", stages,
          "--out", str(out), "--seeds", seeds, "--bootstrap", str(bootstrap)]
         + ["--stage2-epochs", str(stage2_epochs)] * (stage2_epochs is not None)
+        + ["--stage2-replay", str(stage2_replay)]
         + ["--keep-runs"] * keep_runs + [f"--set={o}" for o in overrides(sets, threads)])
     report = run_stage_experiment(
-        cfg, data, out, stages, seeds=seed_list, stage2_epochs=stage2_epochs, n_boot=bootstrap,
+        cfg, data, out, stages, seeds=seed_list, stage2_epochs=stage2_epochs,
+        stage2_replay=stage2_replay, n_boot=bootstrap,
         latency_repeats=latency_repeats, command=command, keep_runs=keep_runs, console=console, show_progress=True,
     )
     table = Table(title=f"staged unification: {report['acceptance']['task']} AUC targets")

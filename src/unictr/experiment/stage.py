@@ -1,5 +1,6 @@
 """`unictr experiment stage`: staged unification. Stage 1 trains on the first group of surfaces only;
-stage 2 warm-starts from it (`--init-from`) and trains on every row, for fewer epochs."""
+stage 2 warm-starts from it (`--init-from`) and trains on every row for fewer epochs, or on the new surfaces'
+rows and a replayed sample of the old surfaces' (`train.surface_sample`, a fresh sample each epoch)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def restrict_config(cfg: Config, surfaces: list[str]) -> Config:
     keep = set(surfaces)
     raw = cfg.model_dump(mode="json")
     raw["surfaces"] = [s for s in raw["surfaces"] if s["name"] in keep]
+    raw["train"]["surface_sample"] = {k: v for k, v in raw["train"]["surface_sample"].items() if k in keep}
     raw["features"] = [
         {**f, "towers": [s for s in f["towers"] if s in keep]} if f["towers"] else f
         for f in raw["features"]
@@ -87,11 +89,12 @@ class _View:
 
 
 def _stage_runs(
-    cfg: Config, data: Path, work: Path, groups: list[list[str]], seed: int, stage2_epochs: int,
+    cfg: Config, data: Path, work: Path, groups: list[list[str]], seed: int, stage2: Config,
     views: dict[str, _View], full: Batch, console: Console, show_progress: bool,
 ) -> dict[str, ArmRun]:
-    """One seed: stage 1 (first group's rows), stage 2 (warm-started, every row), the unified model from
-    scratch and separate models for the second group. Each arm's predictions on the full eval batch."""
+    """One seed: stage 1 (first group's rows), stage 2 (the `stage2` config warm-started from stage 1), the
+    unified model from scratch and separate models for the second group. Each arm's predictions on the full
+    eval batch."""
     cfg = with_changes(cfg, "train", seed=seed)
     cfg1 = restrict_config(cfg, groups[0])
     data1 = work / "data" / "stage1"
@@ -102,8 +105,9 @@ def _stage_runs(
                                         console, show_progress)
     stage1 = np.full((full.num_rows, len(cfg.tasks)), np.nan, dtype=np.float32)
     stage1[np.ix_(views["old"].rows, views["old"].tasks)] = p1
-    console.print(f"[bold]stage 2[/bold] seed {seed}: every surface, {stage2_epochs} epochs, warm-started")
-    cfg2 = with_changes(cfg, "train", epochs=stage2_epochs)
+    console.print(f"[bold]stage 2[/bold] seed {seed}: every surface, {stage2.train.epochs} epochs, warm-started, "
+                  f"old surfaces' requests sampled {stage2.train.surface_sample or 'all'}")
+    cfg2 = with_changes(stage2, "train", seed=seed)
     p2, s2, n2, i2 = _train_and_predict(cfg2, data, work / f"seed{seed}" / "stage2", data / "eval", console,
                                         show_progress, init_from=work / f"seed{seed}" / "stage1")
     console.print(f"[bold]scratch[/bold] seed {seed}: every surface, {cfg.train.epochs} epochs")
@@ -125,17 +129,24 @@ _COMPARISONS = {
 
 def run_stage_experiment(  # long: the experiment's steps in order, each a call
     cfg: Config, data: str | Path, out: str | Path, stages: str, seeds: tuple[int, ...] = (0,),
-    stage2_epochs: int | None = None, n_boot: int = 1000, latency_repeats: int = 200, command: str = "",
+    stage2_epochs: int | None = None, stage2_replay: float = 1.0, n_boot: int = 1000, latency_repeats: int = 200,
+    command: str = "",
     keep_runs: bool = False, console: Console | None = None, show_progress: bool = False,
 ) -> dict[str, Any]:
     """Train the staged arms per seed, compare them per view (old surfaces, new surfaces, all), measure each
-    surface's export, write `report.json` and `report.md` into `out`; returns the report."""
+    surface's export, write `report.json` and `report.md` into `out`; returns the report.
+
+    Stage 2 trains `stage2_epochs` (default 3/4 of the config's, rounded up) on every new-surface row and a
+    fraction `stage2_replay` of the old surfaces' requests, sampled afresh each epoch (1 = every row)."""
     from unictr.experiment.stage_report import acceptance, cost_profile, stage_markdown
 
     console = console or Console()
     data, out = Path(data), Path(out)
     groups = parse_stages(stages, cfg)
-    epochs2 = stage2_epochs or max(1, (cfg.train.epochs + 1) // 2)
+    if not 0 < stage2_replay <= 1:
+        raise ValueError(f"stage2_replay: a fraction in (0, 1], got {stage2_replay}")
+    replay = {s: stage2_replay for s in groups[0]} if stage2_replay < 1 else {}
+    cfg2 = with_changes(cfg, "train", epochs=stage2_epochs or -(-3 * cfg.train.epochs // 4), surface_sample=replay)
     if not seeds:
         raise ValueError("seeds: give at least one seed")
     torch.set_num_threads(cfg.train.threads)
@@ -148,7 +159,7 @@ def run_stage_experiment(  # long: the experiment's steps in order, each a call
                  "new": _View.of(cfg, groups[1], data, work / "data" / "new" / "eval", full)}
         runs: dict[str, dict[int, ArmRun]] = {}
         for seed in seeds:
-            for arm, run in _stage_runs(cfg, data, work, groups, seed, epochs2, views, full, console,
+            for arm, run in _stage_runs(cfg, data, work, groups, seed, cfg2, views, full, console,
                                         show_progress).items():
                 runs.setdefault(arm, {})[seed] = run
         cost = cost_profile(work / f"seed{seeds[0]}" / "stage2", cfg, data, latency_repeats)
@@ -156,7 +167,8 @@ def run_stage_experiment(  # long: the experiment's steps in order, each a call
         if not keep_runs:
             shutil.rmtree(work, ignore_errors=True)
     report = _compare(cfg, views, full, runs, n_boot) | {
-        "stages": groups, "stage2_epochs": epochs2, "epochs": cfg.train.epochs, "seeds": list(seeds),
+        "stages": groups, "stage2_epochs": cfg2.train.epochs,
+        "stage2_replay": stage2_replay, "epochs": cfg.train.epochs, "seeds": list(seeds),
         "train_seconds": {a: float(np.mean([r.train_seconds for r in by.values()])) for a, by in runs.items()},
         "cost": cost, "n_boot": n_boot, "command": command, "data": data_meta(data), "machine": machine_info(),
         "wall_seconds": time.perf_counter() - started, "config": cfg.model_dump(mode="json"),

@@ -109,9 +109,10 @@ def stage_markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`", "",
         f"Data: `{report['data'].get('dir')}` (eval_from {report['data'].get('eval_from')}). Seeds "
         f"{report['seeds']}; bootstrap {report['n_boot']} resamples of whole requests. Stage 1: {', '.join(old)} "
-        f"rows, {report['epochs']} epochs; stage 2: every row, warm-started from stage 1, {report['stage2_epochs']} "
-        f"epochs; scratch: one unified model on every row, {report['epochs']} epochs; separate: one model per new "
-        "surface.", "",
+        f"rows, {report['epochs']} epochs; stage 2: warm-started from stage 1, {report['stage2_epochs']} epochs over "
+        f"the new surfaces' rows and {report.get('stage2_replay', 1):.0%} of the old surfaces' requests (a fresh "
+        f"sample each epoch); scratch: one unified model on every row, {report['epochs']} epochs; separate: one "
+        "model per new surface.", "",
         f"Machine: {m.get('nproc')} cores, {m.get('cpu')}, torch {m.get('torch')} ({m.get('torch_threads')} "
         f"threads); load average at end {_load(m.get('loadavg_end'))}.", "",
         "## Training seconds (mean per seed)", "", "| stage 1 | stage 2 | stage 1 + 2 | scratch | separate (new) |",
