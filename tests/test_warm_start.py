@@ -193,3 +193,40 @@ def test_lr_multiplier_groups(cfg: Config, stage1: tuple[Config, Path]) -> None:
     assert lr_of[id(params["towers.towers.2.heads.weight"])] == pytest.approx(cfg.train.lr)
     assert lr_of[id(params["embedding.weight"])] == pytest.approx(cfg.train.lr)  # resized: base LR
     assert len(lr_of) == len(params)
+
+
+def test_a_new_surface_can_start_as_a_copy_of_an_old_one(cfg: Config, stage1: tuple[Config, Path]) -> None:
+    """`train.warm_start.new_surfaces_from`: `related` (here without a tower feature, so its tower has
+    home_feed's shape) takes home_feed's tower, gate, view rows and learned calibration, and so scores its
+    rows exactly as the old model scores them as home_feed rows; bad mappings are refused."""
+    _, run = stage1
+    raw = cfg.model_dump(mode="json")
+    raw["features"] = [f for f in raw["features"] if f["name"] != "context_item_id"]
+    copied = with_changes(Config.model_validate(raw), "train.warm_start", new_surfaces_from={"related": "home_feed"})
+    old, _ = load_model(run)
+    model = fresh(copied)
+    ws = warm_start(model, copied, run)
+    assert ws.surfaces_from == {"related": "home_feed"} and ws.as_dict()["surfaces_from"] == ws.surfaces_from
+    assert not ws.new and "towers.towers.2.heads.weight" in ws.loaded
+    assert "surface related starts as a copy of home_feed" in ws.summary()
+    state, old_state = model.state_dict(), old.state_dict()
+    for name in (n for n in state if n.startswith("towers.towers.2.")):
+        assert torch.equal(state[name], old_state[name.replace(".2.", ".0.", 1)]), name
+    assert torch.equal(state["mmoe.gate.cand.weight"].view(3, -1)[2], old_state["mmoe.gate.cand.weight"].view(2, -1)[0])
+    t = random_table(cfg, 60, seed=4)
+    related = t.filter(pc.equal(t["surface"], "related"))
+    as_home = related.set_column(related.schema.get_field_index("surface"), "surface",
+                                 pa.array(["home_feed"] * related.num_rows))
+    p_new = predict(model.eval(), encode_table(related, model.schema, cfg.data))
+    p_old = predict(old.eval(), encode_table(as_home, old.schema, cfg.data))
+    torch.testing.assert_close(torch.from_numpy(p_new), torch.from_numpy(p_old), atol=1e-6, rtol=0)
+    for bad in ({"home_feed": "search"}, {"related": "related"}):
+        wrong = with_changes(cfg, "train.warm_start", new_surfaces_from=bad)
+        with pytest.raises(WarmStartError, match=r"new_surfaces_from .*maps a surface the old run .* lacks to one it"):
+            warm_start(fresh(wrong), wrong, run)
+    with pytest.raises(ValueError, match=r"train.warm_start.new_surfaces_from: unknown surface\(s\) \['video'\]"):
+        with_changes(cfg, "train.warm_start", new_surfaces_from={"video": "home_feed"})
+    # related's own tower feature makes its tower wider than home_feed's: refused, naming the tensor
+    widened = with_changes(cfg, "train.warm_start", new_surfaces_from={"related": "home_feed"})
+    with pytest.raises(WarmStartError, match=r"incompatible shapes .*towers\.towers\.2\.\S+: \(3, \d+\) -> \(3, \d+\)"):
+        warm_start(fresh(widened), widened, run)

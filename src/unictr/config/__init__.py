@@ -30,7 +30,7 @@ __all__ = [
     "Backend", "CalibrationSpec", "Config", "ConfigError", "DataSpec", "DCNSpec", "FeatureSpec", "MMoESpec",
     "ModelSpec", "SequenceModelSpec", "SequenceSpec", "ServeSpec", "SurfaceSpec", "TaskSpec", "TowerSpec", "TrainSpec",
     "WarmStartSpec",
-    "config_from_dict", "load_config", "with_changes",
+    "config_from_dict", "cut_train_surfaces", "load_config", "with_changes",
 ]
 
 
@@ -80,9 +80,11 @@ class Config(_Strict):
                 raise ValueError(
                     f"train.embedding_decay_skip: {name!r} must name a categorical feature that owns its table"
                 )
-        bad = set(self.train.surface_sample) - surfaces
-        if bad:
-            raise ValueError(f"train.surface_sample: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}")
+        for key, named in (("surface_sample", self.train.surface_sample),
+                           ("warm_start.new_surfaces_from", self.train.warm_start.new_surfaces_from)):
+            bad = set(named) - surfaces
+            if bad:
+                raise ValueError(f"train.{key}: unknown surface(s) {sorted(bad)}; known {sorted(surfaces)}")
         for t in self.tasks:
             if t.surfaces == [] and not (info.context or {}).get("placeholder_tasks"):
                 raise ValueError(f"tasks.{t.name}.surfaces: empty; list at least one surface, or null for all")
@@ -148,6 +150,15 @@ def config_from_dict(raw: object, source: str = "<dict>", *, placeholder_tasks: 
             got_s = "" if isinstance(got, dict) else f" (got {got!r})"
             lines.append(f"{loc}: {err['msg']}{got_s}")
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def cut_train_surfaces(raw: dict[str, Any], keep: set[str]) -> None:
+    """Drop the train options keyed by a surface outside `keep` from a dumped config (a config cut to some
+    surfaces: an export's, stage 1's)."""
+    train = raw["train"]
+    train["surface_sample"] = {k: v for k, v in train["surface_sample"].items() if k in keep}
+    ws = train["warm_start"]
+    ws["new_surfaces_from"] = {k: v for k, v in ws["new_surfaces_from"].items() if k in keep}
 
 
 def with_changes(cfg: Config, section: str, **changes: Any) -> Config:

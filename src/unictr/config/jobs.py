@@ -17,6 +17,12 @@ class WarmStartSpec(_Strict):
         "group's LR (1 = trained like the new ones). Partly loaded tensors (a grown table, gates or calibration "
         "with rows for a new surface) train at the base LR."
     )
+    new_surfaces_from: dict[str, str] = Field(
+        default_factory=dict, description="New surfaces that start as a copy of a surface of the old run (new: old): "
+        "their tower (same shape, so no tower features of their own), gate rows, view-type rows and learned "
+        "calibration take that surface's trained values instead of a fresh initialisation; their post-hoc "
+        "calibration stays the identity (fit it on their own rows). Empty = fresh (the default)."
+    )
     freeze: list[str] = Field(
         default_factory=list, description="Name prefixes of loaded tensors to freeze (e.g. `embedding.`, "
         "`sequence.`, `mmoe.`, `projection.`): their old entries stay bit-identical, the new entries of a partly "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from unictr.config import Config, config_from_dict, with_changes
+from unictr.config import Config, config_from_dict, cut_train_surfaces, with_changes
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split
 from unictr.experiment.arms import ArmRun, _train_and_predict, train_separate, train_unified, write_surface_split
@@ -35,7 +35,7 @@ def restrict_config(cfg: Config, surfaces: list[str]) -> Config:
     keep = set(surfaces)
     raw = cfg.model_dump(mode="json")
     raw["surfaces"] = [s for s in raw["surfaces"] if s["name"] in keep]
-    raw["train"]["surface_sample"] = {k: v for k, v in raw["train"]["surface_sample"].items() if k in keep}
+    cut_train_surfaces(raw, keep)
     raw["features"] = [
         {**f, "towers": [s for s in f["towers"] if s in keep]} if f["towers"] else f
         for f in raw["features"]

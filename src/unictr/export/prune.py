@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from unictr.config import Config, config_from_dict
+from unictr.config import Config, config_from_dict, cut_train_surfaces
 from unictr.data.batch import Batch, Schema
 from unictr.export import ExportError
 from unictr.model import UnifiedCTR
@@ -44,7 +44,7 @@ def prune_config(cfg: Config, surface: str, *, keep_shapes: bool) -> Config:
     every_tower = keep_shapes and not cfg.model.tower.per_surface
     raw = cfg.model_dump(mode="json")
     raw["surfaces"] = [s for s in raw["surfaces"] if s["name"] == surface]
-    raw["train"]["surface_sample"] = {k: v for k, v in raw["train"]["surface_sample"].items() if k == surface}
+    cut_train_surfaces(raw, {surface})
     raw["features"] = [
         {**f, "towers": [surface]} if f["towers"] else f
         for f in raw["features"]

@@ -17,7 +17,7 @@ surface × task cells exactly as the old model did until it trains.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,35 +53,37 @@ class _Layout:
     schema: Schema
     tables: Segments
     per_surface_towers: bool
-    scope_keys: list[Hashable]
+    scope: str
     expert_dim: int
     experts: int
+    alias: dict[str, str] = field(default_factory=dict)  # new surface -> the old surface whose entries it takes
 
     @classmethod
-    def of(cls, cfg: Config) -> _Layout:
+    def of(cls, cfg: Config, alias: Mapping[str, str] | None = None) -> _Layout:
         s = Schema.from_config(cfg)
         owners = [f.name for f in cfg.features if f.kind == "categorical" and f.table is None]
-        scope = cfg.model.calibration.scope
-        keys: list[Hashable] = {"view_type": list(s.view_keys), "surface": list(s.surfaces),
-                                "global": ["global"]}[scope]
         mm = cfg.model.mmoe
-        return cls(s, [(n, cfg.hash_size(n)) for n in owners], cfg.model.tower.per_surface, keys,
-                   mm.expert_dim, mm.experts if mm.enabled else 1)
+        return cls(s, [(n, cfg.hash_size(n)) for n in owners], cfg.model.tower.per_surface,
+                   cfg.model.calibration.scope, mm.expert_dim, mm.experts if mm.enabled else 1, dict(alias or {}))
 
     def axes(self, name: str, ndim: int) -> dict[int, Segments]:
-        """The keyed axes of tensor `name` (the others must keep their size)."""
+        """The keyed axes of tensor `name` (the others must keep their size). A surface in `alias` is keyed
+        as the old surface it copies, except in the post-hoc calibration (fit on each surface's own rows)."""
         s, tasks = self.schema, self.schema.tasks
         one = lambda keys: [(k, 1) for k in keys]  # noqa: E731
+        surfaces = [self.alias.get(sf, sf) for sf in s.surfaces]
+        view_keys = [(self.alias.get(sf, sf), v) for sf, v in s.view_keys]
         if name == "embedding.weight":
             return {0: self.tables}
         if name == "view_embedding.weight":
-            return {0: one(s.view_keys)}
+            return {0: one(view_keys)}
         if name.startswith("mmoe.gate."):
-            return {0: [((sf, t, e), 1) for sf in s.surfaces for t in tasks for e in range(self.experts)]}
+            return {0: [((sf, t, e), 1) for sf in surfaces for t in tasks for e in range(self.experts)]}
         if name.startswith("towers.towers.") and ".heads." in name:
             return {0: one(tasks)}
         if name in ("calibration.log_temperature", "calibration.bias"):
-            return {0: one(self.scope_keys), 1: one(tasks)}
+            scope_keys = {"view_type": view_keys, "surface": surfaces, "global": ["global"]}[self.scope]
+            return {0: one(scope_keys), 1: one(tasks)}
         if name.startswith("calibration.posthoc."):
             return {0: one(s.view_keys), 1: one(tasks)}
         if name.startswith("projection."):  # the DCN's width is tasks × expert_dim
@@ -96,6 +98,7 @@ class _Layout:
             return name
         index, rest = name.removeprefix("towers.towers.").split(".", 1)
         surface = self.schema.surfaces[int(index)]
+        surface = self.alias.get(surface, surface)
         if surface not in old.schema.surfaces:
             return None
         return f"towers.towers.{old.schema.surfaces.index(surface)}.{rest}"
@@ -107,6 +110,7 @@ class WarmStart:
     entries copied); `frozen`/`lr_multiplier` as applied. `as_dict` is what the run's manifest records."""
 
     source: str
+    surfaces_from: dict[str, str] = field(default_factory=dict)
     loaded: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
     resized: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -115,13 +119,14 @@ class WarmStart:
     masks: dict[str, Tensor] = field(default_factory=dict, repr=False)  # per tensor: which entries are old
 
     def as_dict(self) -> dict[str, Any]:
-        return {"from": self.source, "loaded": self.loaded, "new": self.new, "resized": self.resized,
-                "frozen": self.frozen, "lr_multiplier": self.lr_multiplier}
+        return {"from": self.source, "surfaces_from": self.surfaces_from, "loaded": self.loaded, "new": self.new,
+                "resized": self.resized, "frozen": self.frozen, "lr_multiplier": self.lr_multiplier}
 
     def summary(self) -> str:
         """The lines `unictr train` prints."""
         lines = [f"warm start from {self.source}: {len(self.loaded)} tensors loaded, {len(self.resized)} resized, "
                  f"{len(self.new)} new"]
+        lines += [f"  surface {new} starts as a copy of {old}" for new, old in self.surfaces_from.items()]
         lines += [f"  resized {n}: {r['from']} -> {r['to']} ({r['copied']:,} entries kept)"
                   for n, r in self.resized.items()]
         lines += [f"  new {n}" for n in self.new]
@@ -188,8 +193,13 @@ def _copy(name: str, target: Tensor, source: Tensor, new: _Layout, old: _Layout)
 def _plan(model: torch.nn.Module, cfg: Config, state: dict[str, Tensor], old_cfg: Config, source: str) -> WarmStart:
     """Copy every mappable entry of `state` into `model`; raise WarmStartError listing what cannot map."""
     targets = model.state_dict()
-    new, old = _Layout.of(cfg), _Layout.of(old_cfg)
-    ws, bad = WarmStart(source), []
+    alias = cfg.train.warm_start.new_surfaces_from
+    wrong = {n: o for n, o in alias.items() if n in old_cfg.surface_names or o not in old_cfg.surface_names}
+    if wrong:
+        raise WarmStartError(f"train.warm_start.new_surfaces_from {wrong}: each entry maps a surface the old run "
+                             f"({source}) lacks to one it has; it has {old_cfg.surface_names}")
+    new, old = _Layout.of(cfg, alias), _Layout.of(old_cfg)
+    ws, bad = WarmStart(source, dict(alias)), []
     for name, target in targets.items():
         src = new.source_name(name, old)
         if src is None or src not in state:
