@@ -58,9 +58,10 @@ SKIP: dict[str, str] = {
     "minutes (tests/test_experiment.py runs the experiment at a small size)",
     "docs/results.md: D=../shared/data/kuairand": KUAIRAND,
     "docs/results.md: D=../shared/data/kuairand (2)": KUAIRAND,
-    "docs/results.md: unictr data simulate --rows 1000000 --seed 0 --out /tmp/stage/sim1m": "the staging "
-    "experiment of the 100,000-row block before it, at 1M rows with --stage2-replay (minutes; tests/test_stage.py "
-    "runs the replay at a tiny size)",
+    "docs/results.md: unictr data simulate --rows 100000 --seed 0 --out /tmp/stage/sim-data": "the staging "
+    "experiment of docs/model.md's warm-start block (which runs here) on a larger world: its numbers are the page's",
+    "docs/results.md: unictr data simulate --rows 1000000 --seed 0 --out /tmp/stage/sim1m": "the same at 1M rows "
+    "with --stage2-replay (minutes; tests/test_stage.py runs the replay at a tiny size)",
     'docs/serving.md: result = scorer.score({"users": [user], "candidate_columns": {': "a fragment (its "
     "arrays stand for the caller's); tests/test_serving.py scores numpy candidate_columns",
     "docs/calibration.md: K=../shared/data/kuairand (2)": KUAIRAND,

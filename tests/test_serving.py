@@ -344,7 +344,7 @@ def test_shadow_records_difference(world, client, request_body) -> None:
         registry.set_shadow(SURFACE, None)
 
 
-@pytest.mark.parametrize(("args", "seconds"), [((), 30.0), (("--inline",), 0.0)], ids=["worker-thread", "inline"])
+@pytest.mark.parametrize(("args", "seconds"), [((), 10.0), (("--inline",), 0.0)], ids=["worker-thread", "inline"])
 def test_server_follows_the_registry_under_load(world, request_body, tmp_path, args, seconds) -> None:
     """The real server process, scoring on worker threads or (`--inline`) on the event loop's, under 4
     concurrent clients: cycles of a corrupt shadow set, a promote, a rollback and the shadow removed, for
