@@ -133,3 +133,16 @@ def test_largest_fused_table_accepted() -> None:
     ad_id["hash_size"] += 1
     with pytest.raises(ConfigError, match=r"features\.ad_id\.hash_size: .* got 2147483648"):
         config_from_dict(raw)
+
+
+@pytest.mark.parametrize(("feature", "message"), [
+    ({"name": "q", "kind": "categorical", "side": "candidate", "table": "ad_topic", "encoding": "modulo"},
+     "feature 'q': encoding belongs to a categorical feature that owns its table"),
+    ({"name": "d", "kind": "dense", "side": "user", "encoding": "modulo"},
+     "feature 'd': encoding belongs to a categorical feature that owns its table"),
+])
+def test_encoding_is_set_on_a_table_owner(feature: dict, message: str) -> None:
+    from unictr.config import FeatureSpec
+
+    with pytest.raises(ValueError, match=message):
+        FeatureSpec.model_validate(feature)

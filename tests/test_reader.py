@@ -57,11 +57,16 @@ def test_broadcast_layout(sim_config) -> None:
     rid = table.column("request_id").to_numpy()
     assert b.num_users == len(np.unique(rid)) and b.num_rows == table.num_rows
     assert torch.equal(b.user_index, torch.from_numpy(np.unique(rid, return_inverse=True)[1]))
-    # user-side values come from each request's rows, hashed into range
+    # user-side values come from each request's rows; user_segment shares ad_topic's table, which takes ids
+    # modulo its size (its `encoding`); ad_id's table hashes them
     first = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
     name, size = schema.user_cat[0], schema.user_cat_sizes[0]
+    assert name == "user_segment" and schema.user_cat_modulo[0]
     raw = table.column(name).to_numpy()[first]
-    assert torch.equal(b.user_cat[:, 0], torch.from_numpy(hash_ids(raw, size)))
+    assert torch.equal(b.user_cat[:, 0], torch.from_numpy(np.mod(raw, size)))
+    j = schema.cand_cat.index("ad_id")
+    assert not schema.cand_cat_modulo[j]
+    assert torch.equal(b.cand_cat[:, j], torch.from_numpy(hash_ids(table.column("ad_id").to_numpy(), 20000)))
     assert int(b.user_cat.max()) < max(schema.user_cat_sizes) and int(b.cand_cat.min()) >= 0
     # sequences: left-padded, newest last, capped at max_len
     seq = table.column("seq_item").to_pylist()
@@ -73,6 +78,18 @@ def test_broadcast_layout(sim_config) -> None:
             assert b.seq_mask[u, -n:].all()
             assert torch.equal(b.seq_item[u, -n:], torch.from_numpy(hash_ids(np.array(items), 20000)))
     assert (b.seq_age[b.seq_mask] > 0).all()
+
+
+def test_modulo_encoding_keeps_small_codes_apart(sim_config) -> None:
+    """`encoding: modulo`: the 24 hours take the 24 rows of their 24-row table, -1 the last (hashed, ten of
+    the hours would share a row with another)."""
+    schema = Schema.from_config(sim_config)
+    table = random_table(sim_config, requests=40, seed=5)
+    hours = np.arange(table.num_rows) % 25 - 1  # -1 .. 23
+    table = table.set_column(table.schema.get_field_index("hour"), "hour", pa.array(hours, pa.int64()))
+    b = encode_table(table, schema, sim_config.data)
+    assert torch.equal(b.cand_cat[:, schema.cand_cat.index("hour")], torch.from_numpy(np.where(hours < 0, 23, hours)))
+    assert len(set(hash_ids(np.arange(24), 24).tolist())) == 14
 
 
 def test_label_mask_follows_task_surfaces(sim_config) -> None:

@@ -109,6 +109,11 @@ class Config(_Strict):
         owner = self.table_of(name)
         return int(next(f.hash_size for f in self.features if f.name == owner) or 0)
 
+    def modulo(self, name: str) -> bool:
+        """Whether `name`'s ids become rows by modulo (its table owner's `encoding`), not by hashing."""
+        owner = self.table_of(name)
+        return next(f.encoding for f in self.features if f.name == owner) == "modulo"
+
     def feature_names(self, side: str, kind: str) -> list[str]:
         return [f.name for f in self.features if f.side == side and f.kind == kind]
 

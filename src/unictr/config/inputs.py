@@ -22,6 +22,12 @@ class FeatureSpec(_Strict):
         default=None, gt=0, description="Rows of this feature's embedding table (categorical only); every "
         "hash_size together at most 2**31 - 1 (the fused table's rows; modules/native.py indexes them with int32)."
     )
+    encoding: Literal["hash", "modulo"] = Field(
+        default="hash", description="How raw ids become table rows: hash (a fixed mixing hash modulo hash_size: "
+        "any int64 ids, which may collide) or modulo (the id itself modulo hash_size: for small integer codes "
+        "such as an hour, a position or a tab, with hash_size at least their count, so no two collide; -1 lands "
+        "on the last row). Set on the table's owner; features sharing its table use its encoding."
+    )
     table: str | None = Field(
         default=None,
         description="Share the embedding table of this other categorical trunk feature (the same id space, e.g. a "
@@ -39,6 +45,9 @@ class FeatureSpec(_Strict):
             raise ValueError(
                 f"feature {self.name!r}: categorical features need exactly one of hash_size (a positive int) or table"
             )
+        if self.encoding != "hash" and (self.kind != "categorical" or self.table is not None):
+            raise ValueError(f"feature {self.name!r}: encoding belongs to a categorical feature that owns its table "
+                             "(a feature sharing a table uses its owner's)")
         if self.table is not None and (self.kind != "categorical" or self.towers):
             raise ValueError(f"feature {self.name!r}: only categorical trunk features may share a table")
         if self.kind == "dense" and self.hash_size is not None:

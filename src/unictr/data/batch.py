@@ -33,6 +33,8 @@ class Schema:
     labels: tuple[str, ...]
     task_mask: tuple[tuple[bool, ...], ...]
     sequence: SequenceSpec | None
+    user_cat_modulo: tuple[bool, ...]  # per categorical feature: rows by modulo, not by hash (`encoding`)
+    cand_cat_modulo: tuple[bool, ...]
 
     @classmethod
     def from_config(cls, cfg: Config) -> Schema:
@@ -55,12 +57,24 @@ class Schema:
             labels=tuple(t.label for t in cfg.tasks),
             task_mask=tuple(tuple(row) for row in cfg.task_surface_mask()),
             sequence=cfg.sequence,
+            user_cat_modulo=tuple(cfg.modulo(n) for n in user_cat),
+            cand_cat_modulo=tuple(cfg.modulo(n) for n in cand_cat),
         )
 
     @property
     def item_hash_size(self) -> int:
         assert self.sequence is not None
         return self.cand_cat_sizes[self.cand_cat.index(self.sequence.item_feature)]
+
+    @property
+    def seq_tables(self) -> tuple[tuple[int, bool], ...]:
+        """(hash size, modulo) of the sequence's item column, then of each side column: the candidate
+        features' whose tables they share."""
+        if self.sequence is None:
+            return ()
+        names = (self.sequence.item_feature, *self.sequence.side_features.values())
+        return tuple((self.cand_cat_sizes[self.cand_cat.index(f)], self.cand_cat_modulo[self.cand_cat.index(f)])
+                     for f in names)
 
     @property
     def seq_side_sizes(self) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from unictr.data.batch import FIELDS, SEQUENCE_FIELDS, Schema
-from unictr.data.encode import hash_ids
+from unictr.data.encode import table_rows
 from unictr.data.errors import DataError
 
 # The sequence fields of a Batch (SEQUENCE_FIELDS, in that order) as numpy arrays.
@@ -45,10 +45,10 @@ def encode_columns(
     ids, float32 dense), the sequence arrays (`pad_sequences`) and the other row fields `rows` as given
     (optional ones left out are None)."""
     fields: dict[str, np.ndarray | None] = {
-        "user_cat": id_matrix(users.ids, schema.user_cat_sizes, users.take),
+        "user_cat": id_matrix(users.ids, schema.user_cat_sizes, schema.user_cat_modulo, users.take),
         "user_dense": dense_matrix(users.dense, users.take),
         **dict(zip(SEQUENCE_FIELDS, sequences, strict=True)),
-        "cand_cat": id_matrix(candidates.ids, schema.cand_cat_sizes, candidates.take),
+        "cand_cat": id_matrix(candidates.ids, schema.cand_cat_sizes, schema.cand_cat_modulo, candidates.take),
         "cand_dense": dense_matrix(candidates.dense, candidates.take),
         **rows,
     }
@@ -59,13 +59,16 @@ def encode_columns(
     return fields
 
 
-def id_matrix(ids: np.ndarray | Sequence[np.ndarray], sizes: tuple[int, ...], take: np.ndarray | slice) -> np.ndarray:
-    """Hashed ids `[rows of take, F]` int64 of F id columns (see `SideColumns.ids` for the two forms)."""
-    if isinstance(ids, np.ndarray):  # [F, M]: one vectorised hash (one size per column), then rows in `take` order
-        return np.ascontiguousarray(hash_ids(ids, np.asarray(sizes)[:, None]).T[take])
+def id_matrix(
+    ids: np.ndarray | Sequence[np.ndarray], sizes: tuple[int, ...], modulo: tuple[bool, ...], take: np.ndarray | slice
+) -> np.ndarray:
+    """Table rows `[rows of take, F]` int64 of F id columns (see `SideColumns.ids` for the two forms), each
+    column by its table's size and encoding (`table_rows`)."""
+    if isinstance(ids, np.ndarray):  # [F, M]: one vectorised call (one size per column), then rows in `take` order
+        return np.ascontiguousarray(table_rows(ids, np.asarray(sizes)[:, None], np.asarray(modulo)[:, None]).T[take])
     out = np.empty((_rows(take), len(sizes)), dtype=np.int64)
-    for j, (col, size) in enumerate(zip(ids, sizes, strict=True)):
-        out[:, j] = hash_ids(col[take], size)
+    for j, (col, size, mod) in enumerate(zip(ids, sizes, modulo, strict=True)):
+        out[:, j] = table_rows(col[take], size, mod)
     return out
 
 
@@ -112,10 +115,10 @@ def pad_sequences(
     age_ms = req_ts[:, None] - ev[-1]
     if (age_ms[mask] <= 0).any():
         raise DataError(f"{source}: column {spec.time_column!r} holds an event at or after its row's timestamp")
-    sizes = (schema.item_hash_size, *schema.seq_side_sizes)  # each id row's table
-    ids = np.empty((len(sizes), *mask.shape), dtype=np.int64)  # [1 + Ks, U, L]
-    for k, size in enumerate(sizes):
-        ids[k] = hash_ids(ev[k], size)
+    tables = schema.seq_tables  # each id row's table: (size, modulo)
+    ids = np.empty((len(tables), *mask.shape), dtype=np.int64)  # [1 + Ks, U, L]
+    for k, (size, mod) in enumerate(tables):
+        ids[k] = table_rows(ev[k], size, mod)
     ids *= mask  # padding is row 0
     return (
         ids[0],

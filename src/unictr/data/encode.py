@@ -33,6 +33,14 @@ def hash_ids(values: np.ndarray, size: int | np.ndarray) -> np.ndarray:
     return (_splitmix64(raw) % np.asarray(size, dtype=np.uint64)).view(np.int64)  # rows < size < 2**63
 
 
+def table_rows(values: np.ndarray, size: int | np.ndarray, modulo: bool | np.ndarray) -> np.ndarray:
+    """Raw int64 ids to table rows: `hash_ids`, or where `modulo` (a feature's `encoding`; it broadcasts like
+    `size`) the id itself modulo `size`, non-negative (small integer codes keep apart; -1 is the last row)."""
+    if np.ndim(modulo) == 0:
+        return np.mod(np.asarray(values, dtype=np.int64), size) if modulo else hash_ids(values, size)
+    return np.where(modulo, np.mod(np.asarray(values, dtype=np.int64), size), hash_ids(values, size))
+
+
 def hash_strings(values: list[str] | np.ndarray) -> np.ndarray:
     """Stable int64 ids for strings (first 8 bytes of blake2b), for adapters with string columns."""
     uniq, inverse = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
