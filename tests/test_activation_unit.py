@@ -54,6 +54,10 @@ def test_activation_unit_one_user_equals_gather() -> None:
     one = unit(target, events, tokens, mask, torch.zeros(7, dtype=torch.int64))
     two = unit(target, events.repeat(2, 1, 1), tokens.repeat(2, 1, 1), mask.repeat(2, 1), torch.arange(7) % 2)
     torch.testing.assert_close(one, two, rtol=0, atol=1e-6)
+    per_user = unit.event(torch.cat([events, tokens], dim=-1))
+    general = unit.forward_general(target, events, per_user, mask, torch.zeros(7, dtype=torch.int64))
+    torch.testing.assert_close(unit.forward_one_user(target, events[0], per_user[0], mask[0]), general, rtol=0,
+                               atol=1e-6)
 
 
 def test_both_attentions_feed_the_trunk(sim_config) -> None:
