@@ -105,14 +105,17 @@ class Config(_Strict):
         """The feature whose embedding table `name` uses (itself unless it shares one)."""
         return next(f.table or f.name for f in self.features if f.name == name)
 
-    def hash_size(self, name: str) -> int:
+    def table_owner(self, name: str) -> FeatureSpec:
+        """The spec of the feature that owns `name`'s embedding table (its size and encoding)."""
         owner = self.table_of(name)
-        return int(next(f.hash_size for f in self.features if f.name == owner) or 0)
+        return next(f for f in self.features if f.name == owner)
+
+    def hash_size(self, name: str) -> int:
+        return int(self.table_owner(name).hash_size or 0)
 
     def modulo(self, name: str) -> bool:
         """Whether `name`'s ids become rows by modulo (its table owner's `encoding`), not by hashing."""
-        owner = self.table_of(name)
-        return next(f.encoding for f in self.features if f.name == owner) == "modulo"
+        return self.table_owner(name).encoding == "modulo"
 
     def feature_names(self, side: str, kind: str) -> list[str]:
         return [f.name for f in self.features if f.side == side and f.kind == kind]

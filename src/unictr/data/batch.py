@@ -62,26 +62,23 @@ class Schema:
         )
 
     @property
-    def item_hash_size(self) -> int:
-        assert self.sequence is not None
-        return self.cand_cat_sizes[self.cand_cat.index(self.sequence.item_feature)]
-
-    @property
     def seq_tables(self) -> tuple[tuple[int, bool], ...]:
-        """(hash size, modulo) of the sequence's item column, then of each side column: the candidate
-        features' whose tables they share."""
+        """(hash size, modulo) of the sequence's item column, then of each side column: those of the
+        candidate features whose tables they share."""
         if self.sequence is None:
             return ()
-        names = (self.sequence.item_feature, *self.sequence.side_features.values())
-        return tuple((self.cand_cat_sizes[self.cand_cat.index(f)], self.cand_cat_modulo[self.cand_cat.index(f)])
-                     for f in names)
+        at = [self.cand_cat.index(f) for f in (self.sequence.item_feature, *self.sequence.side_features.values())]
+        return tuple((self.cand_cat_sizes[i], self.cand_cat_modulo[i]) for i in at)
+
+    @property
+    def item_hash_size(self) -> int:
+        assert self.sequence is not None
+        return self.seq_tables[0][0]
 
     @property
     def seq_side_sizes(self) -> tuple[int, ...]:
         """Hash size of each sequence side column (that of the candidate feature it shares a table with)."""
-        if self.sequence is None:
-            return ()
-        return tuple(self.cand_cat_sizes[self.cand_cat.index(f)] for f in self.sequence.side_features.values())
+        return tuple(size for size, _ in self.seq_tables[1:])
 
     def view_key_surface(self) -> list[int]:
         """Surface index of each flattened (surface, view type) key."""

@@ -78,12 +78,13 @@ def rank_input(
     streams = stream_count(spec, units, world)
     total = sum(u.rows for u in units)
     buffer = max(1, spec.shuffle_buffer_rows // streams)
+    keep = surface_keep(spec, schema)
     mine = []
     for v in range(rank, streams, world):
         shard = epoch_shard(units, spec.seed, epoch, v, streams)
         rows = max(1, round(global_batch * sum(u.rows for u in shard) / total))
         seed = (spec.seed * 1_000_003 + epoch) * 1_009 + v
-        mine.append(iter(MinibatchStream(shard, schema, keys, rows, buffer, seed, cache, surface_keep(spec, schema))))
+        mine.append(iter(MinibatchStream(shard, schema, keys, rows, buffer, seed, cache, keep)))
     while True:
         parts = [b for b in (next(s, None) for s in mine) if b is not None]
         yield concat_batches(parts) if len(parts) > 1 else (parts[0] if parts else None)
