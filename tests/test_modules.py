@@ -14,7 +14,13 @@ from unictr.modules.dcn import DCNv2Projection
 from unictr.modules.embedding import FusedEmbedding, RowwiseAdagrad, dense_lookup
 from unictr.modules.mmoe import MMoE
 from unictr.modules.native import kernel as native_kernel
-from unictr.modules.sequence import TargetAttention, TransformerEncoder, random_window_mask, time_bucket
+from unictr.modules.sequence import (
+    TargetAttention,
+    TransformerEncoder,
+    random_window_mask,
+    short_term_mean,
+    time_bucket,
+)
 from unictr.modules.towers import TowerTree
 
 
@@ -122,6 +128,20 @@ def test_window_mask_only_in_training() -> None:
     enc.train()
     c = enc(item, action, age, mask)[2]
     assert not torch.allclose(a[:2], c[:2])  # a 1e9 s window hides every event of the users that had some
+
+
+def test_short_term_mean_averages_the_session_events_only() -> None:
+    """The mean of the real events younger than the window; padding, older events and masked ones stay out;
+    a user without any gets zeros, not NaN."""
+    torch.manual_seed(0)
+    events = torch.randn(3, 4, 5)
+    mask = torch.tensor([[True, True, True, True], [False, False, True, True], [True, True, True, False]])
+    age = torch.tensor([[5000.0, 800.0, 100.0, 10.0], [0.0, 0.0, 2000.0, 3000.0], [10.0, 20.0, 5000.0, 30.0]])
+    out = short_term_mean(events, mask, age, 900.0)
+    torch.testing.assert_close(out[0], events[0, 1:].mean(0))  # 5000 s is outside the window
+    torch.testing.assert_close(out[1], torch.zeros(5), rtol=0, atol=0)  # the young ones are padding
+    torch.testing.assert_close(out[2], events[2, :2].mean(0))  # the masked 30 s event stays out
+    torch.testing.assert_close(short_term_mean(events, mask, age, 1e9)[1], events[1, 2:].mean(0))
 
 
 def test_target_attention_uses_own_users_events() -> None:

@@ -1,6 +1,7 @@
 """The unified multi-surface engagement model, composed top to bottom as in the design:
 
-    fused embedding → user side once per user (features + sequence encoder, a Transformer by default)
+    fused embedding → user side once per user (features + sequence encoder, a Transformer by default,
+    + the mean of the current session's events)
     → candidate side per impression (features + target attention)
     → MMoE (gates per surface × task) → DCNv2 projection → per-surface towers → calibration
 """
@@ -20,7 +21,7 @@ from unictr.modules.embedding import FusedEmbedding, dense_lookup
 from unictr.modules.encoders import build_sequence_encoder
 from unictr.modules.interaction import DotInteraction
 from unictr.modules.mmoe import MMoE
-from unictr.modules.sequence import TargetAttention
+from unictr.modules.sequence import TargetAttention, short_term_mean
 from unictr.modules.towers import TowerTree
 
 
@@ -69,6 +70,7 @@ class UnifiedCTR(nn.Module):
         spec, d = cfg.model.sequence, cfg.model.embedding_dim
         self.sequence = build_sequence_encoder(spec, d, cfg.sequence.num_actions)
         self.target_attention = TargetAttention(d) if spec.target_attention != "activation_unit" else None
+        self.short_term_seconds = spec.short_term_seconds
         self.item_col = s.cand_cat.index(cfg.sequence.item_feature)
         self.item_offset = int(self._table_offsets([cfg.sequence.item_feature])[0])
         # each event's side features share their candidate feature's table; the candidate's join the query
@@ -81,17 +83,19 @@ class UnifiedCTR(nn.Module):
             self.register_buffer("field_index", torch.tensor([self.item_col, *self.side_cols]), persistent=False)
 
     def _build_interaction(self) -> tuple[int, int]:
-        """Explicit crosses: dot products among user fields, candidate trunk fields (and the sequence
-        summary). Returns the widths of the user and candidate vectors that enter the trunk."""
+        """Explicit crosses: dot products among user fields (with the short-term events' mean), candidate trunk
+        fields and the target attention's output. Returns the widths of the user and candidate vectors that
+        enter the trunk."""
         s, m, d = self.schema, self.cfg.model, self.cfg.model.embedding_dim
         user_dim = len(s.user_cat) * d + (m.dense_hidden if s.user_dense else 0)
-        user_dim += self.sequence.out_dim if self.sequence else 0
+        short = self.sequence is not None and self.short_term_seconds > 0
+        user_dim += (self.sequence.out_dim if self.sequence else 0) + (d if short else 0)
         cand_dim = self.trunk_fields * d + (m.dense_hidden if s.cand_dense else 0)
         dot = self.sequence is not None and self.target_attention is not None
         cand_dim += (d if dot else 0) + (self.activation_unit.out_dim if self.sequence and self.activation_unit else 0)
         self.interaction: DotInteraction | None = None
         if m.interaction:
-            self.interaction = DotInteraction(len(s.user_cat) + self.trunk_fields + (1 if dot else 0))
+            self.interaction = DotInteraction(len(s.user_cat) + short + self.trunk_fields + (1 if dot else 0))
             cand_dim += self.interaction.out_dim
         return user_dim, cand_dim
 
@@ -136,21 +140,19 @@ class UnifiedCTR(nn.Module):
         return self.embedding.table_offsets([self.cfg.table_of(f) for f in features])
 
     def forward(self, b: Batch) -> Tensor:
-        u, n = b.num_users, b.num_rows
-        d = self.cfg.model.embedding_dim
+        u, n, d = b.num_users, b.num_rows, self.cfg.model.embedding_dim
 
         # 1. One fused lookup: user features [U·Fu], candidate features [N·Fc], sequence items [U·L].
         rows = [(b.user_cat + self.user_offsets).flatten(), (b.cand_cat + self.cand_offsets).flatten()]
         if self.sequence is not None:
             rows.append((b.seq_item + self.item_offset).flatten())
             rows.append((b.seq_side + self.side_offsets).flatten())
-        emb = self.embedding(torch.cat(rows))
-        sizes = [r.numel() for r in rows]
-        parts = emb.split(sizes)
+        parts = self.embedding(torch.cat(rows)).split([r.numel() for r in rows])
         user_emb = parts[0].view(u, -1, d)
         cand_emb = parts[1].view(n, -1, d)
 
         # 2. User side, once per unique user.
+        user_fields = user_emb  # [U, F, D], the user's side of the dot interactions
         user_parts = [user_emb.flatten(1)]
         if self.user_dense is not None:
             user_parts.append(torch.relu(self.user_dense(b.user_dense)))
@@ -162,6 +164,10 @@ class UnifiedCTR(nn.Module):
                 seq_emb = seq_emb + side_emb.sum(2)
             tokens, tok_mask, summary = self.sequence(seq_emb, b.seq_action, b.seq_age, b.seq_mask)
             user_parts.append(summary)
+            if self.short_term_seconds > 0:  # the encoder's mask: a training-time window mask hides them here too
+                short = short_term_mean(seq_emb, tok_mask[:, 1:], b.seq_age, self.short_term_seconds)
+                user_parts.append(short)
+                user_fields = torch.cat([user_emb, short[:, None]], dim=1)
         user_vec = torch.cat(user_parts, dim=1)
 
         # 3. Candidate side, per impression; the target attention is where user meets candidate.
@@ -169,7 +175,7 @@ class UnifiedCTR(nn.Module):
         cand_parts = [trunk_emb.flatten(1)]
         if self.cand_dense is not None:
             cand_parts.append(torch.relu(self.cand_dense(b.cand_dense)))
-        fields = [rows_of_users(user_emb, b.user_index), trunk_emb]
+        fields = [rows_of_users(user_fields, b.user_index), trunk_emb]
         if self.sequence is not None:
             events = torch.cat([parts[2].view(u, length, 1, d), side_emb], dim=2)  # [U, L, fields, D]
             dot, unit = self._read_events(b, cand_emb, events, seq_emb, tokens, tok_mask)
@@ -183,8 +189,7 @@ class UnifiedCTR(nn.Module):
         experts = self.mmoe(user_vec, cand_vec, b.user_index, b.surface)
         z = self.projection(experts.flatten(1))
 
-        # 5. Per-surface towers with late fusion (tower features + view type).
-        # the view type, after the tower features if any
+        # 5. Per-surface towers with late fusion (the tower features if any, then the view type).
         late = dense_lookup(self.view_embedding.weight, b.view_key)[:, None]
         if self.tower_index.numel():
             late = torch.cat([cand_emb.index_select(1, self.tower_index), late], dim=1)

@@ -32,6 +32,13 @@ def random_window_mask(age_s: Tensor, mask: Tensor, prob: float, max_seconds: fl
     return mask & ~hidden
 
 
+def short_term_mean(events: Tensor, mask: Tensor, age_s: Tensor, seconds: float) -> Tensor:
+    """The mean of each user's events younger than `seconds` (events `[U, L, D]`, mask/age `[U, L]`) → `[U, D]`;
+    zeros for a user with none. What the user is after right now, as one embedding the candidate can meet."""
+    recent = (mask & (age_s < seconds)).unsqueeze(-1).to(events.dtype)
+    return (events * recent).sum(1) / recent.sum(1).clamp_min(1.0)
+
+
 class EncoderBlock(nn.Module):
     """Pre-norm Transformer block: self-attention over a user's events, then an MLP."""
 
