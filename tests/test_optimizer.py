@@ -8,6 +8,7 @@ import torch
 from tests.conftest import random_table
 from tests.fixtures import small_config
 from unictr.config import with_changes
+from unictr.data.batch import Schema
 from unictr.data.reader import encode_table
 from unictr.model import UnifiedCTR
 from unictr.train.loop import make_optimizer, train_step
@@ -20,7 +21,8 @@ def test_fused_adamw_steps_like_the_reference(sim_config, skip: bool) -> None:
     cfg = with_changes(small_config(sim_config), "train", embedding_weight_decay=2.0, lr=0.01,
                        embedding_decay_skip=["ad_topic"] if skip else [])
     weights = torch.tensor([t.weight for t in cfg.tasks])
-    batches = [encode_table(random_table(cfg, 16, seed=s), UnifiedCTR(cfg).schema, cfg.data) for s in range(5)]
+    schema = Schema.from_config(cfg)
+    batches = [encode_table(random_table(cfg, 16, seed=s), schema, cfg.data) for s in range(5)]
     trained = []
     for fused in (True, False):
         torch.manual_seed(0)
