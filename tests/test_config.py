@@ -109,6 +109,7 @@ def _set(raw: dict, path: str, value: object) -> None:
          r"surfaces\.home_feed\.view_types: duplicate value\(s\) \['grid'\]"),
         ("tasks.1.surfaces", [], r"tasks\.save\.surfaces: empty; list at least one surface, or null for all"),
         ("tasks.1.label", "click", r"tasks\[\]\.label: duplicate value\(s\) \['click'\]"),
+        ("model.embedding_init_std", 0.0, r"model\.embedding_init_std: Input should be greater than 0"),
         ("train.device", "tpu", r"train\.device: Input should be 'auto', 'cpu' or 'cuda' \(got 'tpu'\)"),
         ("features.5.hash_size", 2**62,
          r"features\.ad_id\.hash_size: 4611686018427387904; every hash_size together .* at most 2\*\*31 - 1"),

@@ -46,7 +46,8 @@ class UnifiedCTR(nn.Module):
         candidate columns split into trunk and tower features, the view type and dense projections."""
         s, m, d = self.schema, self.cfg.model, self.cfg.model.embedding_dim
         owners = [f.name for f in self.cfg.features if f.kind == "categorical" and f.table is None]
-        self.embedding = FusedEmbedding(owners, [self.cfg.hash_size(n) for n in owners], d)
+        sizes = [self.cfg.hash_size(n) for n in owners]
+        self.embedding = FusedEmbedding(owners, sizes, d, init_std=m.embedding_init_std)
         self.register_buffer("user_offsets", self._table_offsets(s.user_cat), persistent=False)
         self.register_buffer("cand_offsets", self._table_offsets(s.cand_cat), persistent=False)
         trunk_cols = [i for i, n in enumerate(s.cand_cat) if n not in tower_feats]

@@ -136,7 +136,9 @@ class FusedEmbedding(nn.Module):
     bag holds one id, which exports to one ONNX Gather; `F.embedding_bag` for multi-id bags).
     """
 
-    def __init__(self, names: list[str], sizes: list[int], dim: int, sparse: bool = False) -> None:
+    def __init__(
+        self, names: list[str], sizes: list[int], dim: int, sparse: bool = False, init_std: float | None = None
+    ) -> None:
         super().__init__()
         if len(names) != len(sizes):
             raise ValueError("names and sizes differ in length")
@@ -149,7 +151,7 @@ class FusedEmbedding(nn.Module):
         offsets = torch.tensor([0, *self.sizes[:-1]], dtype=torch.int64).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
         self.weight = nn.Parameter(torch.empty(sum(self.sizes), dim))
-        nn.init.normal_(self.weight, std=1.0 / math.sqrt(dim))
+        nn.init.normal_(self.weight, std=init_std if init_std is not None else 1.0 / math.sqrt(dim))
 
     def table_offsets(self, names: list[str] | tuple[str, ...]) -> Tensor:
         """Row offsets of the named tables, to add to `[B, len(names)]` local ids."""
