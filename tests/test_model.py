@@ -88,3 +88,12 @@ def test_training_step_moves_only_used_towers(sim_config, batch) -> None:
     for i, tower in enumerate(model.towers.towers):
         if i != search:
             assert all(p.grad is None for p in tower.parameters())
+
+
+@pytest.mark.parametrize("std", [None, 1e-4, 0.05])
+def test_embedding_init_std_reaches_the_table(sim_config, std) -> None:
+    """`model.embedding_init_std` sets the fused table's start (null: 1/sqrt(embedding_dim)), within 2%."""
+    torch.manual_seed(0)
+    model = UnifiedCTR(_variant(sim_config, embedding_init_std=std))
+    want = std if std is not None else sim_config.model.embedding_dim ** -0.5
+    assert model.embedding.weight.std().item() == pytest.approx(want, rel=0.02)
