@@ -66,6 +66,8 @@ def random_table(cfg: Config, requests: int = 12, seed: int = 0, max_cands: int 
     for f in cfg.features:
         if f.kind == "categorical":
             v = rng.integers(-(2**40), 2**40, size=requests if f.side == "user" else n)
+            if cfg.modulo(f.name):  # small codes its modulo table keeps apart (the reader refuses others)
+                v = np.mod(v, cfg.hash_size(f.name) - 1)
         else:
             v = rng.normal(size=requests if f.side == "user" else n).astype(np.float32)
         cols[f.name] = v[req] if f.side == "user" else v

@@ -80,16 +80,48 @@ def test_broadcast_layout(sim_config) -> None:
     assert (b.seq_age[b.seq_mask] > 0).all()
 
 
+def _with_column(table: pa.Table, name: str, values: np.ndarray | pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, values)
+
+
 def test_modulo_encoding_keeps_small_codes_apart(sim_config) -> None:
-    """`encoding: modulo`: the 24 hours take the 24 rows of their 24-row table, -1 the last (hashed, ten of
-    the hours would share a row with another)."""
+    """`encoding: modulo`: the 24 hours take the 24 rows of their 24-row table (hashed, ten of the hours
+    would share a row with another); -1 takes the last row where no code does."""
     schema = Schema.from_config(sim_config)
     table = random_table(sim_config, requests=40, seed=5)
-    hours = np.arange(table.num_rows) % 25 - 1  # -1 .. 23
-    table = table.set_column(table.schema.get_field_index("hour"), "hour", pa.array(hours, pa.int64()))
-    b = encode_table(table, schema, sim_config.data)
-    assert torch.equal(b.cand_cat[:, schema.cand_cat.index("hour")], torch.from_numpy(np.where(hours < 0, 23, hours)))
+    col = schema.cand_cat.index("hour")
+    hours = np.arange(table.num_rows) % 24
+    b = encode_table(_with_column(table, "hour", pa.array(hours, pa.int64())), schema, sim_config.data)
+    assert torch.equal(b.cand_cat[:, col], torch.from_numpy(hours))
     assert len(set(hash_ids(np.arange(24), 24).tolist())) == 14
+    missing = np.arange(table.num_rows) % 23 - 1  # -1 .. 21
+    b = encode_table(_with_column(table, "hour", pa.array(missing, pa.int64())), schema, sim_config.data)
+    assert torch.equal(b.cand_cat[:, col], torch.from_numpy(np.where(missing < 0, 23, missing)))
+
+
+@pytest.mark.parametrize("codes, bad", [([3, 24], 24), ([-2, 5], -2), ([-1, 23], 23)])
+def test_modulo_codes_that_would_collide_are_refused(sim_config, codes, bad) -> None:
+    """A code the modulo table cannot keep apart (at or above hash_size, below -1, or the last row while
+    -1 is there too) is refused, naming the column and the code, not folded onto another code's row."""
+    schema = Schema.from_config(sim_config)
+    table = random_table(sim_config, requests=20, seed=6)
+    hours = np.resize(np.asarray(codes), table.num_rows)
+    table = _with_column(table, "hour", pa.array(hours, pa.int64()))
+    with pytest.raises(DataError, match=rf"column 'hour' holds the code {bad}, .*hash_size 24"):
+        encode_table(table, schema, sim_config.data)
+
+
+def test_modulo_sequence_codes_are_checked_too(sim_config) -> None:
+    """The sequence's side column shares `ad_topic`'s modulo table, so its codes are held to that table."""
+    schema = Schema.from_config(sim_config)
+    table = random_table(sim_config, requests=20, seed=7)
+    size = sim_config.hash_size("ad_topic")
+    topics = table.column("seq_topic").combine_chunks()
+    values = np.full(len(topics.values), size, dtype=np.int64)
+    assert len(values), "the random table needs some sequence events"
+    table = _with_column(table, "seq_topic", pa.ListArray.from_arrays(topics.offsets, pa.array(values)))
+    with pytest.raises(DataError, match=rf"column 'seq_topic' holds the code {size}, .*hash_size {size}"):
+        encode_table(table, schema, sim_config.data)
 
 
 def test_label_mask_follows_task_surfaces(sim_config) -> None:

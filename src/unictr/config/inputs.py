@@ -25,8 +25,9 @@ class FeatureSpec(_Strict):
     encoding: Literal["hash", "modulo"] = Field(
         default="hash", description="How raw ids become table rows: hash (a fixed mixing hash modulo hash_size: "
         "any int64 ids, which may collide) or modulo (the id itself modulo hash_size: for small integer codes "
-        "such as an hour, a position or a tab, with hash_size at least their count, so no two collide; -1 lands "
-        "on the last row). Set on the table's owner; features sharing its table use its encoding."
+        "such as an hour, a position or a tab, or ids numbered from 0, with hash_size above the largest code, so "
+        "no two collide; -1 lands on the last row; reading data, a code the table cannot keep apart is refused, "
+        "naming the column). Set on the table's owner; features sharing its table use its encoding."
     )
     table: str | None = Field(
         default=None,

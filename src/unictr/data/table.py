@@ -8,6 +8,8 @@ whole requests here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -79,6 +81,8 @@ def encode_checked(table: pa.Table, schema: Schema, keys: DataSpec, source: str)
     user_ids = [int_column(table, c, source) for c in schema.user_cat]
     users = SideColumns(user_ids, _dense_columns(table, schema.user_dense, source), starts)
     cand_ids = [int_column(table, c, source) for c in schema.cand_cat]
+    check_codes(schema.user_cat, user_ids, schema.user_cat_sizes, schema.user_cat_modulo, source)
+    check_codes(schema.cand_cat, cand_ids, schema.cand_cat_sizes, schema.cand_cat_modulo, source)
     candidates = SideColumns(cand_ids, _dense_columns(table, schema.cand_dense, source), slice(0, n))
     labels = dense_matrix(_dense_columns(table, schema.labels, source, what="label"), slice(0, n))
     bad = ~np.isin(labels, (0.0, 1.0))
@@ -98,6 +102,26 @@ def encode_checked(table: pa.Table, schema: Schema, keys: DataSpec, source: str)
             label_mask=np.asarray(schema.task_mask, dtype=bool)[surface], p_true=p_true,
         )
     )
+
+
+def check_codes(
+    names: Sequence[str], columns: Sequence[np.ndarray], sizes: Sequence[int], modulo: Sequence[bool], source: str
+) -> None:
+    """Refuse a code that an `encoding: modulo` table cannot keep apart: below -1, at or above hash_size,
+    or the largest row when -1 (which lands on the last row) is there too. Such a code would silently
+    share another code's embedding row."""
+    for name, col, size, mod in zip(names, columns, sizes, modulo, strict=True):
+        if not mod or not len(col):
+            continue
+        lo, hi = int(col.min()), int(col.max())
+        if lo < -1 or hi >= size or (lo == -1 and hi == size - 1):
+            bad = lo if lo < -1 else hi
+            raise DataError(
+                f"{source}: column {name!r} holds the code {bad}, which its `encoding: modulo` table of "
+                f"hash_size {size} cannot keep apart from another code (it holds -1 .. {size - 2}, or "
+                f"0 .. {size - 1} without -1); raise the feature's hash_size above its largest code, or use "
+                "`encoding: hash`"
+            )
 
 
 def _column(table: pa.Table, name: str, source: str) -> pa.ChunkedArray:
@@ -190,4 +214,6 @@ def _sequences(table: pa.Table, schema: Schema, starts: np.ndarray, req_ts: np.n
         if not np.array_equal(o, off):
             raise DataError(f"{source}: sequence column {c!r} has lists of other lengths than {cols[0]!r}")
         stacked[k] = values
+    tables = schema.seq_tables  # (size, modulo) of the item column, then of each side column
+    check_codes(cols[: len(tables)], stacked[: len(tables)], *zip(*tables, strict=True), source)
     return pad_sequences(off[starts], off[starts + 1], stacked, req_ts, schema, source)
