@@ -230,3 +230,22 @@ def test_cli_list_shows_each_versions_integrity(exports, tmp_path) -> None:
     code, out = _cli("list", "--registry", str(registry.root), env={"COLUMNS": "400"})
     assert code == 0, out
     assert "ok, signature unverified (no key)" in out and "refused: home_feed v0002:" in out, out
+
+
+def test_load_hashes_each_file_once_and_refuses_a_changed_one(exports, tmp_path, monkeypatch) -> None:
+    """`Registry.load` (the server's and the gate's way in) checks every file's sha256 exactly once (it
+    hashed each twice: once to verify the directory, again as the export loaded), and a file changed after
+    publishing is still refused, naming the version and the file."""
+    registry = _registry(tmp_path, exports["good"])
+    hashed: list[str] = []
+
+    def counting(path: Path) -> str:
+        hashed.append(Path(path).name)
+        return sha256_file(path)
+
+    monkeypatch.setattr("unictr.checkpoint.sha256_file", counting)
+    _, _, manifest = registry.load(SURFACE, "v0001")
+    assert sorted(hashed) == sorted(manifest["files"])
+    _corrupt_file(registry.version_dir(SURFACE, "v0002"))
+    with pytest.raises(RegistryError, match=rf"{SURFACE} v0002: .*{MODEL_FILE}: sha256 mismatch"):
+        registry.load(SURFACE, "v0002")

@@ -16,7 +16,6 @@ import numpy as np
 
 from unictr.checkpoint import CheckpointError
 from unictr.data.reader import load_surface_split
-from unictr.export.artifact import load_export
 from unictr.export.probe import probe_batch
 from unictr.metrics import auc, calibration_ratio, json_float
 from unictr.model import UnifiedCTR, probabilities
@@ -70,7 +69,7 @@ def run_gate(
     """Check a candidate version: integrity, finite scores, calibration and AUC against the live one."""
     report = GateReport(surface, candidate, current, None if eval_data is None else str(eval_data), policy)
     try:
-        model, manifest = load_export(registry.verified_dir(surface, candidate))
+        _, model, manifest = registry.load(surface, candidate)
     except (CheckpointError, RegistryError) as e:
         report.check("integrity", False, str(e))
         return report
@@ -108,7 +107,7 @@ def _compare_with_live(
     version that fails its integrity checks cannot be compared: a failed `live_baseline` check."""
     surface, margin = report.surface, report.policy.auc_margin
     try:
-        live_model, live_manifest = load_export(registry.verified_dir(surface, current))
+        _, live_model, live_manifest = registry.load(surface, current)
     except (CheckpointError, RegistryError) as e:
         report.check("live_baseline", False, f"live {current} cannot be loaded to compare AUCs ({e})")
         return

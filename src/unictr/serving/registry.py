@@ -10,10 +10,11 @@ Layout:
 (temp file + rename), so a reader sees the old or the new pointer, never a torn one. Writers of one
 surface serialise on a lock file. `history` is the stack of earlier live versions that `rollback` pops.
 
-Integrity: `verified_dir` is the one check before a version's files are used (by the server, the gate,
-promote, shadow and rollback): the manifest is the published one (`published.json`'s `manifest_sha256`),
-every file matches the manifest, and, when a key is configured (`UNICTR_REGISTRY_KEY` or
-`UNICTR_REGISTRY_KEY_FILE`), the manifest carries a matching HMAC-SHA256 written by `publish`.
+Integrity: `verified_dir` is the one check before a version's files are used (by promote, shadow and
+rollback), and `load` the one way to load a version (the server, the gate): the manifest is the published
+one (`published.json`'s `manifest_sha256`), every file matches the manifest, and, when a key is configured
+(`UNICTR_REGISTRY_KEY` or `UNICTR_REGISTRY_KEY_FILE`), the manifest carries a matching HMAC-SHA256 written
+by `publish`. `load` hashes each file once, as the export loads.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unictr.checkpoint import MANIFEST, CheckpointError, save_json
-from unictr.export.artifact import NotAnExport, read_export_manifest, staged_dir, verify_files
+from unictr.export.artifact import NotAnExport, load_export, read_export_manifest, staged_dir, verify_files
 
 if TYPE_CHECKING:
     from unictr.gate import GatePolicy, GateReport
+    from unictr.model import UnifiedCTR
 
 POINTER = "pointer.json"
 PUBLISHED = "published.json"
@@ -128,6 +130,16 @@ class Registry:
         """`version_dir`, after the integrity checks (`integrity`); the one check before its files are used."""
         return self._verify(surface, version)[0]
 
+    def load(self, surface: str, version: str) -> tuple[Path, UnifiedCTR, dict[str, Any]]:
+        """(directory, model, manifest) of a version after `verified_dir`'s checks, with each file's sha256
+        checked once, as the export loads (`load_export`), not once more beforehand."""
+        d, _ = self._verify(surface, version, files=False)
+        try:
+            model, manifest = load_export(d)
+        except CheckpointError as e:
+            raise RegistryError(f"{surface} {version}: {e}") from None
+        return d, model, manifest
+
     def integrity(self, surface: str, version: str) -> str:
         """A version's integrity in a few words: `ok, signed`, `ok, unsigned`, `ok, signature unverified (no
         key)`, or `refused: <why>` (what `verified_dir` would raise)."""
@@ -136,9 +148,10 @@ class Registry:
         except RegistryError as e:
             return f"refused: {e}"
 
-    def _verify(self, surface: str, version: str) -> tuple[Path, str]:
+    def _verify(self, surface: str, version: str, files: bool = True) -> tuple[Path, str]:
         """(directory, status) of a version whose manifest is the published one (`published.json`'s
-        `manifest_sha256`), whose files match the manifest and, with a key, whose signature matches."""
+        `manifest_sha256`), whose files match the manifest (unless `files` is False: `load` checks them as
+        it loads them) and, with a key, whose signature matches."""
         d, where = self.version_dir(surface, version), f"{surface} {version}"
         published = _read_json(d / PUBLISHED)
         expected = published.get("manifest_sha256")
@@ -156,7 +169,8 @@ class Registry:
             manifest = read_export_manifest(d)
             if manifest.get("surface") != surface:
                 raise RegistryError(f"{where}: its {MANIFEST} is an export of surface {manifest.get('surface')!r}")
-            verify_files(d, manifest)
+            if files:
+                verify_files(d, manifest)
         except CheckpointError as e:
             raise RegistryError(f"{where}: {e}") from None
         return d, status

@@ -114,8 +114,17 @@ class Scorer:
     ) -> Scorer:
         """A scorer for an export directory (checksums verified; `backend="onnx"` needs an ONNX export);
         `kwargs` as `Scorer`'s."""
-        spec = _with_options(spec, {k: kwargs.pop(k) for k in SCORER_OPTIONS if k in kwargs})
         model, manifest = load_export(export_dir)
+        return cls.of_export(export_dir, model, manifest, version, spec, **kwargs)
+
+    @classmethod
+    def of_export(
+        cls, export_dir: str | Path, model: UnifiedCTR, manifest: dict[str, Any], version: str | None = None,
+        spec: ServeSpec | None = None, **kwargs: Any,
+    ) -> Scorer:
+        """A scorer for the export `load_export` (or `Registry.load`) has just loaded and verified from
+        `export_dir`; as `load` otherwise."""
+        spec = _with_options(spec, {k: kwargs.pop(k) for k in SCORER_OPTIONS if k in kwargs})
         if ONNX_FILE in manifest["files"]:
             kwargs.setdefault("onnx_path", Path(export_dir) / ONNX_FILE)
         elif spec.backend == "onnx":
