@@ -306,6 +306,37 @@ def _prediction_counters(client) -> dict[tuple[str, str, str], float]:
             for s in f.samples if s.name.endswith("_total")}
 
 
+def _folded_counter(client) -> dict[str, float]:
+    """feature -> `unictr_folded_codes_total` of the test surface in /metrics."""
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {s.labels["feature"]: s.value for f in families if f.name == "unictr_folded_codes"
+            for s in f.samples if s.name.endswith("_total") and s.labels["surface"] == SURFACE}
+
+
+def test_codes_outside_a_modulo_table_are_scored_and_counted(world, request_body, client) -> None:
+    """A live request's codes outside their `encoding: modulo` table ([-1, hash_size)) are scored (the reader
+    would refuse them in a file) and counted per feature, in the result and in /metrics."""
+    scorer = Scorer.load(world["v1"])
+    assert scorer.score(request_body).folded_codes == {}
+    req = copy.deepcopy(request_body)
+    first = req["candidates"][0]
+    first["features"]["hour"] = 24 + 5  # hour: modulo, 24 rows
+    next(c for c in req["candidates"][1:] if c["user"] == first["user"])["features"]["hour"] = -7
+    user = next(u for u in req["users"] if u["id"] == first["user"])
+    user["features"]["user_country"] = 32 * 3  # modulo, 32 rows
+    seq = next(u["sequence"] for u in req["users"] if u["id"] in {c["user"] for c in req["candidates"]}
+               and len(u["sequence"]["items"]) and min(u["sequence"]["timestamps_ms"]) < req["request_time_ms"])
+    seq["seq_topic"][int(np.argmin(seq["timestamps_ms"]))] = 512  # shares ad_topic's 512 rows
+    expected = {"hour": 2, "user_country": 1, "sequence.seq_topic": 1}
+    result = scorer.score(req)
+    assert result.folded_codes == expected
+    assert np.isfinite(result.probabilities).all()
+    before = _folded_counter(client)
+    assert client.post(f"/v1/surfaces/{SURFACE}/score", json=req).status_code == 200
+    after = _folded_counter(client)
+    assert {k: after[k] - before.get(k, 0.0) for k in after} == expected
+
+
 def test_metrics_count_predicted_positives_per_surface_and_task(client, request_body) -> None:
     """The counters behind the live mean prediction grow by exactly the answered probabilities' sum and
     count, per surface × task of the loaded model only; a refused request adds nothing."""

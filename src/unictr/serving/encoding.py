@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -34,6 +34,7 @@ class EncodedRequest:
     truncated_sequences: int
     dropped_events: int
     columnar: bool
+    folded_codes: dict[str, int] = field(default_factory=dict)  # see `_ModuloCheck`
 
     @cached_property
     def batch(self) -> Batch:
@@ -54,6 +55,12 @@ class RequestEncoder:
         # Per-row arrays that are the same in every request (the one surface, no labels, the surface's
         # tasks), made once for the largest request: a request takes views of its first rows.
         tasks = len(schema.tasks)
+        self._user_check = _ModuloCheck(schema.user_cat, schema.user_cat_sizes, schema.user_cat_modulo)
+        self._cand_check = _ModuloCheck(schema.cand_cat, schema.cand_cat_sizes, schema.cand_cat_modulo)
+        side = () if schema.sequence is None else tuple(schema.sequence.side_features)
+        self._seq_check = _ModuloCheck(
+            tuple(f"sequence.{k}" for k in ("items", *side)), *map(tuple, zip(*schema.seq_tables, strict=True))
+        ) if schema.sequence is not None else None
         self._row_constants = {
             "surface": np.zeros(max_candidates, dtype=np.int64),
             "labels": np.zeros((max_candidates, tasks), dtype=np.float32),
@@ -74,7 +81,7 @@ class RequestEncoder:
         s = self.schema
         user_cols = {name: [users[i]["features"][name] for i in used] for name in (*s.user_cat, *s.user_dense)}
         req_ms = int(req.get("request_time_ms", time.time() * 1000))
-        seq, truncated, dropped = self._sequences(users, used, req_ms)
+        seq, truncated, dropped, folded = self._sequences(users, used, req_ms)
         if not isinstance(view_types, np.ndarray):  # numpy requests arrive coded (`_view_codes`)
             view_types = _codes(view_types, self._view_index.__getitem__)
         user_side = SideColumns(  # user_cols are already in `used` order: nothing to gather
@@ -90,7 +97,8 @@ class RequestEncoder:
             user_index=user_index[order].astype(np.int64, copy=False), labels=self._row_constants["labels"][:n],
             label_mask=self._row_constants["label_mask"][:n],
         )
-        return EncodedRequest(arrays, order, truncated, dropped, columnar)
+        folded |= self._user_check.count(user_side.ids) | self._cand_check.count(cand_side.ids)
+        return EncodedRequest(arrays, order, truncated, dropped, columnar, folded)
 
     def _candidate_columns(self, req: Mapping[str, Any]) -> tuple[list[Any], list[str] | np.ndarray, Mapping[str, Any]]:
         """(user refs, view types, feature name → values) of the candidates, from either layout; a numpy
@@ -117,11 +125,12 @@ class RequestEncoder:
 
     def _sequences(
         self, users: list[dict[str, Any]], used: np.ndarray, req_ms: int
-    ) -> tuple[SequenceArrays, int, int]:
-        """Padded sequence arrays of `users[used]`, and how many were truncated / events dropped."""
+    ) -> tuple[SequenceArrays, int, int, dict[str, int]]:
+        """Padded sequence arrays of `users[used]`, how many were truncated / events dropped, and the folded
+        codes of the events' items and side features (`_ModuloCheck`)."""
         spec = self.schema.sequence
-        if spec is None:
-            return no_sequences(len(used)), 0, 0
+        if spec is None or self._seq_check is None:
+            return no_sequences(len(used)), 0, 0, {}
         names = ("items", "actions", "timestamps_ms", *spec.side_features)  # as the request gives them
         seqs = [users[i].get("sequence") or dict.fromkeys(names, ()) for i in used]
         for i, q in zip(used.tolist(), seqs, strict=True):  # errors name the user's place in the request
@@ -145,7 +154,28 @@ class RequestEncoder:
         hi = np.cumsum(counts)
         arrays = pad_sequences(hi - counts, hi, events, np.full(len(seqs), req_ms, dtype=np.int64), self.schema,
                                "request")
-        return arrays, int((counts > spec.max_len).sum()), dropped
+        folded = self._seq_check.count(events[: 1 + len(spec.side_features)])
+        return arrays, int((counts > spec.max_len).sum()), dropped, folded
+
+
+class _ModuloCheck:
+    """Counts, per `encoding: modulo` feature, the codes of a request outside [-1, hash_size): they share
+    another code's row. The reader refuses them in files (`data.table.check_codes`); a live request is
+    scored as the model would score it, and the server counts them (`unictr_folded_codes_total`), so a
+    hash_size that live traffic has outgrown shows."""
+
+    def __init__(self, names: tuple[str, ...], sizes: tuple[int, ...], modulo: tuple[bool, ...]) -> None:
+        self.rows = np.flatnonzero(np.asarray(modulo, dtype=bool))
+        self.names = [names[i] for i in self.rows]
+        self.sizes = np.asarray(sizes, dtype=np.int64)[self.rows, None]
+
+    def count(self, ids: np.ndarray | list[np.ndarray]) -> dict[str, int]:
+        """{feature: codes outside its table} of an `[F, M]` id matrix in the features' order (none: left out)."""
+        if not len(self.rows) or not len(ids):
+            return {}
+        codes = np.asarray(ids)[self.rows]
+        bad = np.count_nonzero((codes < -1) | (codes >= self.sizes), axis=1)
+        return {self.names[i]: int(bad[i]) for i in np.flatnonzero(bad)}
 
 
 def _check_ages(times: np.ndarray, owner: np.ndarray, counts: np.ndarray, used: np.ndarray, req_ms: int) -> None:

@@ -10,7 +10,7 @@ is the same as one pass.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ class ScoreResult:
     truncated_sequences: int
     dropped_events: int
     columnar: bool = False
+    folded_codes: dict[str, int] = field(default_factory=dict)  # {feature: codes outside its modulo table}
 
     def to_json(self) -> dict[str, Any]:
         if self.columnar:
@@ -166,7 +167,7 @@ class Scorer:
             probs[enc.order] = grouped
         return ScoreResult(
             self.surface, self.version, self.tasks, probs, users, len(parts), enc.truncated_sequences,
-            enc.dropped_events, enc.columnar,
+            enc.dropped_events, enc.columnar, enc.folded_codes,
         )
 
 

@@ -58,6 +58,11 @@ class ServingMetrics:
             "unictr_sequence_events_dropped", "Sequence events at or after the request time (dropped).",
             ["surface"], registry=r,
         )
+        self.folded_codes = Counter(
+            "unictr_folded_codes",
+            "Codes of an `encoding: modulo` feature outside [-1, hash_size): scored on another code's row.",
+            ["surface", "feature"], registry=r,
+        )
         self.errors = Counter(
             "unictr_errors",
             "Failed requests by kind: not_found, unavailable, busy, content_type, validation, too_large, disconnected, "
@@ -114,6 +119,8 @@ class ServingMetrics:
             self.chunked.labels(s).inc()
         self.truncated.labels(s).inc(result.truncated_sequences)
         self.dropped_events.labels(s).inc(result.dropped_events)
+        for feature, count in result.folded_codes.items():
+            self.folded_codes.labels(s, feature).inc(count)
         if len(result.probabilities):
             total = result.probabilities.sum(0, dtype=np.float64)
             with self._lock:
