@@ -50,19 +50,7 @@ class ServingMetrics:
         self.chunked = Counter(
             "unictr_chunked_requests", "Score requests split into more than one forward pass.", ["surface"], registry=r
         )
-        self.truncated = Counter(
-            "unictr_sequences_truncated", "User sequences longer than sequence.max_len (oldest events cut).",
-            ["surface"], registry=r,
-        )
-        self.dropped_events = Counter(
-            "unictr_sequence_events_dropped", "Sequence events at or after the request time (dropped).",
-            ["surface"], registry=r,
-        )
-        self.folded_codes = Counter(
-            "unictr_folded_codes",
-            "Codes of an `encoding: modulo` feature outside [-1, hash_size): scored on another code's row.",
-            ["surface", "feature"], registry=r,
-        )
+        self._input_metrics(r)
         self.errors = Counter(
             "unictr_errors",
             "Failed requests by kind: not_found, unavailable, busy, content_type, validation, too_large, disconnected, "
@@ -91,6 +79,23 @@ class ServingMetrics:
         )
         self._window: dict[str, deque[tuple[np.ndarray, int]]] = {}
         self._lock = threading.Lock()
+
+    def _input_metrics(self, r: CollectorRegistry) -> None:
+        """The metrics of what requests brought that the model could not take as it came: sequences cut to
+        max_len, events from the future, codes outside their modulo table."""
+        self.truncated = Counter(
+            "unictr_sequences_truncated", "User sequences longer than sequence.max_len (oldest events cut).",
+            ["surface"], registry=r,
+        )
+        self.dropped_events = Counter(
+            "unictr_sequence_events_dropped", "Sequence events at or after the request time (dropped).",
+            ["surface"], registry=r,
+        )
+        self.folded_codes = Counter(
+            "unictr_folded_codes",
+            "Codes of an `encoding: modulo` feature outside [-1, hash_size): scored on another code's row.",
+            ["surface", "feature"], registry=r,
+        )
 
     def _model_metrics(self, r: CollectorRegistry) -> None:
         """The metrics of model loading: the versions served, switches, failed loads, served vs named."""
