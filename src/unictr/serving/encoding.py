@@ -52,15 +52,17 @@ class RequestEncoder:
         self.schema = schema
         self.max_candidates = max_candidates
         self._view_index = {v: k for k, (_, v) in enumerate(schema.view_keys)}
+        # codes outside their modulo tables, counted per feature (`_ModuloCheck`)
+        self._user_check = _ModuloCheck(schema.user_cat, schema.user_cat_sizes, schema.user_cat_modulo)
+        self._cand_check = _ModuloCheck(schema.cand_cat, schema.cand_cat_sizes, schema.cand_cat_modulo)
+        self._seq_check: _ModuloCheck | None = None
+        if schema.sequence is not None:
+            names = tuple(f"sequence.{k}" for k in ("items", *schema.sequence.side_features))
+            sizes, modulo = zip(*schema.seq_tables, strict=True)
+            self._seq_check = _ModuloCheck(names, sizes, modulo)
         # Per-row arrays that are the same in every request (the one surface, no labels, the surface's
         # tasks), made once for the largest request: a request takes views of its first rows.
         tasks = len(schema.tasks)
-        self._user_check = _ModuloCheck(schema.user_cat, schema.user_cat_sizes, schema.user_cat_modulo)
-        self._cand_check = _ModuloCheck(schema.cand_cat, schema.cand_cat_sizes, schema.cand_cat_modulo)
-        side = () if schema.sequence is None else tuple(schema.sequence.side_features)
-        self._seq_check = _ModuloCheck(
-            tuple(f"sequence.{k}" for k in ("items", *side)), *map(tuple, zip(*schema.seq_tables, strict=True))
-        ) if schema.sequence is not None else None
         self._row_constants = {
             "surface": np.zeros(max_candidates, dtype=np.int64),
             "labels": np.zeros((max_candidates, tasks), dtype=np.float32),
