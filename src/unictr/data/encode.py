@@ -41,6 +41,12 @@ def table_rows(values: np.ndarray, size: int | np.ndarray, modulo: bool | np.nda
     return np.where(modulo, np.mod(np.asarray(values, dtype=np.int64), size), hash_ids(values, size))
 
 
+def outside_modulo_table(codes: np.ndarray, size: int | np.ndarray) -> np.ndarray:
+    """Where codes fall outside what an `encoding: modulo` table of `size` rows keeps apart, [-1, size) (-1, a
+    missing value, takes the last row): `table_rows` folds such a code onto another code's row."""
+    return (codes < -1) | (codes >= size)
+
+
 def hash_strings(values: list[str] | np.ndarray) -> np.ndarray:
     """Stable int64 ids for strings (first 8 bytes of blake2b), for adapters with string columns."""
     uniq, inverse = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)

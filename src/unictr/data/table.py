@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from unictr.config import DataSpec
 from unictr.data.batch import Batch, Schema
 from unictr.data.columns import SequenceArrays, SideColumns, dense_matrix, encode_columns, no_sequences, pad_sequences
+from unictr.data.encode import outside_modulo_table
 from unictr.data.errors import DataError
 
 
@@ -113,8 +114,9 @@ def check_codes(
     for name, col, size, mod in zip(names, columns, sizes, modulo, strict=True):
         if not mod or not len(col):
             continue
-        lo, hi = int(col.min()), int(col.max())
-        if lo < -1 or hi >= size or (lo == -1 and hi == size - 1):
+        lo, hi = int(col.min()), int(col.max())  # the codes span [lo, hi]: only the ends can fall outside
+        outside = outside_modulo_table(np.array([lo, hi]), size)
+        if outside.any() or (lo == -1 and hi == size - 1):
             bad = lo if lo < -1 else hi
             raise DataError(
                 f"{source}: column {name!r} holds the code {bad}, which its `encoding: modulo` table of "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -20,6 +20,7 @@ import numpy as np
 
 from unictr.data.batch import Batch, Schema
 from unictr.data.columns import SequenceArrays, SideColumns, encode_columns, no_sequences, pad_sequences
+from unictr.data.encode import outside_modulo_table
 from unictr.serving.request import INT64_MAX, RequestError, candidate_field
 
 
@@ -53,13 +54,11 @@ class RequestEncoder:
         self.max_candidates = max_candidates
         self._view_index = {v: k for k, (_, v) in enumerate(schema.view_keys)}
         # codes outside their modulo tables, counted per feature (`_ModuloCheck`)
-        self._user_check = _ModuloCheck(schema.user_cat, schema.user_cat_sizes, schema.user_cat_modulo)
-        self._cand_check = _ModuloCheck(schema.cand_cat, schema.cand_cat_sizes, schema.cand_cat_modulo)
-        self._seq_check: _ModuloCheck | None = None
-        if schema.sequence is not None:
-            names = tuple(f"sequence.{k}" for k in ("items", *schema.sequence.side_features))
-            sizes, modulo = zip(*schema.seq_tables, strict=True)
-            self._seq_check = _ModuloCheck(names, sizes, modulo)
+        s = schema
+        self._user_check = _ModuloCheck(s.user_cat, zip(s.user_cat_sizes, s.user_cat_modulo, strict=True))
+        self._cand_check = _ModuloCheck(s.cand_cat, zip(s.cand_cat_sizes, s.cand_cat_modulo, strict=True))
+        seq_fields = () if schema.sequence is None else ("items", *schema.sequence.side_features)
+        self._seq_check = _ModuloCheck([f"sequence.{k}" for k in seq_fields], schema.seq_tables)
         # Per-row arrays that are the same in every request (the one surface, no labels, the surface's
         # tasks), made once for the largest request: a request takes views of its first rows.
         tasks = len(schema.tasks)
@@ -131,7 +130,7 @@ class RequestEncoder:
         """Padded sequence arrays of `users[used]`, how many were truncated / events dropped, and the folded
         codes of the events' items and side features (`_ModuloCheck`)."""
         spec = self.schema.sequence
-        if spec is None or self._seq_check is None:
+        if spec is None:
             return no_sequences(len(used)), 0, 0, {}
         names = ("items", "actions", "timestamps_ms", *spec.side_features)  # as the request gives them
         seqs = [users[i].get("sequence") or dict.fromkeys(names, ()) for i in used]
@@ -166,17 +165,19 @@ class _ModuloCheck:
     scored as the model would score it, and the server counts them (`unictr_folded_codes_total`), so a
     hash_size that live traffic has outgrown shows."""
 
-    def __init__(self, names: tuple[str, ...], sizes: tuple[int, ...], modulo: tuple[bool, ...]) -> None:
-        self.rows = np.flatnonzero(np.asarray(modulo, dtype=bool))
-        self.names = [names[i] for i in self.rows]
-        self.sizes = np.asarray(sizes, dtype=np.int64)[self.rows, None]
+    def __init__(self, names: Sequence[str], tables: Iterable[tuple[int, bool]]) -> None:
+        """`tables`: (hash_size, modulo) of each of the features `names`, in their order."""
+        sizes = [(i, size) for i, (size, modulo) in enumerate(tables) if modulo]
+        self.rows = np.array([i for i, _ in sizes], dtype=np.int64)
+        self.names = [names[i] for i, _ in sizes]
+        self.sizes = np.array([size for _, size in sizes], dtype=np.int64)[:, None]
 
     def count(self, ids: np.ndarray | list[np.ndarray]) -> dict[str, int]:
         """{feature: codes outside its table} of an `[F, M]` id matrix in the features' order (none: left out)."""
         if not len(self.rows) or not len(ids):
             return {}
         codes = np.asarray(ids)[self.rows]
-        bad = np.count_nonzero((codes < -1) | (codes >= self.sizes), axis=1)
+        bad = np.count_nonzero(outside_modulo_table(codes, self.sizes), axis=1)
         return {self.names[i]: int(bad[i]) for i in np.flatnonzero(bad)}
 
 
