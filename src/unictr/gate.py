@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from unictr.checkpoint import CheckpointError
 from unictr.data.reader import load_surface_split
 from unictr.export.probe import probe_batch
 from unictr.metrics import auc, calibration_ratio, json_float
@@ -70,7 +69,7 @@ def run_gate(
     report = GateReport(surface, candidate, current, None if eval_data is None else str(eval_data), policy)
     try:
         _, model, manifest = registry.load(surface, candidate)
-    except (CheckpointError, RegistryError) as e:
+    except RegistryError as e:
         report.check("integrity", False, str(e))
         return report
     signed = ", its signature" if registry.key else ""
@@ -108,7 +107,7 @@ def _compare_with_live(
     surface, margin = report.surface, report.policy.auc_margin
     try:
         _, live_model, live_manifest = registry.load(surface, current)
-    except (CheckpointError, RegistryError) as e:
+    except RegistryError as e:
         report.check("live_baseline", False, f"live {current} cannot be loaded to compare AUCs ({e})")
         return
     live = _eval_metrics(live_model, list(live_manifest["tasks"]), eval_data, surface)

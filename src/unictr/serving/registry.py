@@ -132,7 +132,8 @@ class Registry:
 
     def load(self, surface: str, version: str) -> tuple[Path, UnifiedCTR, dict[str, Any]]:
         """(directory, model, manifest) of a version after `verified_dir`'s checks, with each file's sha256
-        checked once, as the export loads (`load_export`), not once more beforehand."""
+        checked once, as the export loads (`load_export`), not once more beforehand. Any refusal is a
+        RegistryError naming the version."""
         d, _ = self._verify(surface, version, files=False)
         try:
             model, manifest = load_export(d)
