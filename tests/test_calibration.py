@@ -204,7 +204,7 @@ def test_export_of_calibrated_run_keeps_parity(small_run, calibrated, tmp_path, 
     cfg, data, run = small_run
     full, _ = load_model(calibrated[method])
     manifest = export_surface(calibrated[method], "related", tmp_path / "exp", fmt=fmt)
-    model, _ = load_export(tmp_path / "exp")
+    model = load_export(tmp_path / "exp").model
     assert model.cfg.model.calibration.posthoc == method
     assert any(k.startswith("calibration.posthoc.") for k in manifest["calibration"]["tensors"])
     b = load_split(data / "eval", full.schema, cfg.data)

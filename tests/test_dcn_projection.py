@@ -31,7 +31,7 @@ def test_unprojected_model_trains_and_exports(sim_config, tmp_path) -> None:
     assert cfg.model.dcn.out_dim is None
     _, run = train_small_run(cfg, tmp_path)
     manifest = export_surface(run, "search", tmp_path / "exp", fmt="onnx")  # raises unless parity holds
-    model, _ = load_export(tmp_path / "exp")
+    model = load_export(tmp_path / "exp").model
     width = len(cfg.tasks) * cfg.model.mmoe.expert_dim
     assert model.projection.out_dim == width and isinstance(model.projection.proj, torch.nn.Identity)
     assert model.towers.towers[0].mlp[0].in_features == width

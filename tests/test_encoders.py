@@ -67,7 +67,7 @@ def test_mean_pool_model_trains_and_exports(sim_config, tmp_path) -> None:
     assert math.isfinite(run_manifest["history"][-1]["train_loss"])
 
     manifest = export_surface(run, "search", tmp_path / "exp", fmt="onnx")
-    model, _ = load_export(tmp_path / "exp")
+    model = load_export(tmp_path / "exp").model
     assert manifest["config"]["model"]["sequence"]["encoder"] == "mean_pool"
     full_b = load_split(data / "eval", full.schema, cfg.data)
     expected = probabilities(full, full_b)[full_b.surface == full.schema.surfaces.index("search")]

@@ -51,8 +51,9 @@ def test_export_parity_per_surface(small_run, unified_eval, tmp_path, surface) -
     cfg, data, run = small_run
     full, full_b, full_p = unified_eval
     manifest = export_surface(run, surface, tmp_path / "exp", fmt="onnx")
-    model, loaded = load_export(tmp_path / "exp")
-    assert loaded == manifest
+    loaded = load_export(tmp_path / "exp")
+    model = loaded.model
+    assert loaded.manifest == manifest and sorted(loaded.files) == sorted(set(manifest["files"]) - {MODEL_FILE})
 
     b = load_surface_split(data / "eval", model.schema, cfg.data, surface)
     expected = full_p[full_b.surface == full.schema.surfaces.index(surface)]
@@ -155,4 +156,4 @@ def test_prune_state_slices_extra_calibration_and_refuses_unknown(sim_config) ->
 def test_export_all_surfaces(small_run, tmp_path) -> None:
     out = export_all_surfaces(small_run[2], tmp_path)
     assert sorted(out) == ["home_feed", "related", "search"]
-    assert all(load_export(path)[1]["surface"] == surface for surface, path in out.items())
+    assert all(load_export(path).manifest["surface"] == surface for surface, path in out.items())

@@ -36,7 +36,7 @@ def exports(sim_config, tmp_path_factory):
     export_surface(run, SURFACE, good)
 
     # eval rows of the surface labelled by the model's own ranking: its AUC is 1, an inverted model's 0
-    model, _ = load_export(good)
+    model = load_export(good).model
     table = pq.read_table(data / "eval")
     table = table.filter(pc.equal(table["surface"], SURFACE))
     b = load_surface_split(data / "eval", model.schema, cfg.data, SURFACE)

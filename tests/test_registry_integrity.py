@@ -232,20 +232,45 @@ def test_cli_list_shows_each_versions_integrity(exports, tmp_path) -> None:
     assert "ok, signature unverified (no key)" in out and "refused: home_feed v0002:" in out, out
 
 
-def test_load_hashes_each_file_once_and_refuses_a_changed_one(exports, tmp_path, monkeypatch) -> None:
-    """`Registry.load` (the server's and the gate's way in) checks every file's sha256 exactly once (it
-    hashed each twice: once to verify the directory, again as the export loaded), and a file changed after
-    publishing is still refused, naming the version and the file."""
+def test_load_reads_each_file_once_and_refuses_a_changed_one(exports, tmp_path, monkeypatch) -> None:
+    """`Registry.load` (the server's and the gate's way in) reads the manifest and every file it names exactly
+    once, hashing the bytes it uses (it used to hash each file twice, then read it again to load it), and a
+    file changed after publishing is still refused, naming the version and the file."""
     registry = _registry(tmp_path, exports["good"])
-    hashed: list[str] = []
+    reads: list[str] = []
+    read_bytes = Path.read_bytes
 
-    def counting(path: Path) -> str:
-        hashed.append(Path(path).name)
-        return sha256_file(path)
+    def counting(path: Path) -> bytes:
+        reads.append(path.name)
+        return read_bytes(path)
 
-    monkeypatch.setattr("unictr.checkpoint.sha256_file", counting)
-    _, _, manifest = registry.load(SURFACE, "v0001")
-    assert sorted(hashed) == sorted(manifest["files"])
+    def no_second_pass(path: Path) -> str:
+        raise AssertionError(f"{path} hashed again after it was read")
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    monkeypatch.setattr("unictr.checkpoint.sha256_file", no_second_pass)
+    export = registry.load(SURFACE, "v0001")
+    assert sorted(reads) == sorted([MANIFEST, *export.manifest["files"]])
     _corrupt_file(registry.version_dir(SURFACE, "v0002"))
     with pytest.raises(RegistryError, match=rf"{SURFACE} v0002: .*{MODEL_FILE}: sha256 mismatch"):
         registry.load(SURFACE, "v0002")
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_files_swapped_after_the_manifest_check_never_load(exports, tmp_path, monkeypatch, key) -> None:
+    """A version whose manifest and weights are replaced by another valid export's between the registry's
+    manifest check (published sha256, signature) and the load: the load keeps to the manifest it checked,
+    so the swapped weights are refused, never served. (It re-read the manifest from disk, and loaded the
+    swapped pair, each consistent with the other.)"""
+    registry = _registry(tmp_path, exports["good"], key=key)
+    vdir = registry.version_dir(SURFACE, "v0001")
+    verify = Registry._verify
+
+    def swap_after_check(self: Registry, *args, **kwargs):
+        checked = verify(self, *args, **kwargs)
+        _swap_in(vdir, exports["other"])
+        return checked
+
+    monkeypatch.setattr(Registry, "_verify", swap_after_check)
+    with pytest.raises(RegistryError, match=rf"{SURFACE} v0001: .*{MODEL_FILE}: sha256 mismatch"):
+        registry.load(SURFACE, "v0001")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 import unictr
 from unictr.config import Config, config_from_dict
@@ -180,44 +180,74 @@ def current_dir(run_dir: str | Path) -> Path:
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The parsed manifest of a run or export directory; CheckpointError if missing, not JSON or incomplete."""
     path = Path(run_dir) / MANIFEST
-    manifest = read_parsed(
+    return _complete(read_parsed(
         path, json.loads, json.JSONDecodeError, CheckpointError,
         missing="no manifest; not a unictr run or export directory", invalid="manifest is not valid JSON",
-    )
+    ), path)
+
+
+def parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
+    """The manifest in `raw`, the bytes a caller read (and checked) from `path`; errors as `read_manifest`'s."""
+    try:
+        return _complete(json.loads(raw), path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: manifest is not valid JSON: {e}") from None
+
+
+def _complete(manifest: Any, path: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "files" not in manifest or "config" not in manifest:
         raise CheckpointError(f"{path}: manifest lacks 'files' or 'config'")
     return manifest
 
 
-def verify_file(run_dir: Path, name: str, manifest: dict[str, Any]) -> Path:
-    """The path of a file the manifest names, after checking it exists and its sha256 matches."""
-    path = Path(run_dir) / name
+def _expected_sha(path: Path, name: str, manifest: dict[str, Any]) -> str:
     expected = manifest["files"].get(name)
     if expected is None:
         raise CheckpointError(f"{path}: not listed in {MANIFEST}")
     if not path.is_file():
         raise CheckpointError(f"{path}: listed in {MANIFEST} but missing")
-    actual = sha256_file(path)
+    return expected
+
+
+def _check_sha(path: Path, expected: str, actual: str) -> None:
     if actual != expected:
         raise CheckpointError(
             f"{path}: sha256 mismatch (manifest {expected[:12]}…, file {actual[:12]}…); refusing to load"
         )
+
+
+def verify_file(run_dir: Path, name: str, manifest: dict[str, Any]) -> Path:
+    """The path of a file the manifest names, after checking it exists and its sha256 matches (streamed:
+    for checks; what is loaded goes through `read_verified`)."""
+    path = Path(run_dir) / name
+    _check_sha(path, _expected_sha(path, name, manifest), sha256_file(path))
     return path
 
 
+def read_verified(run_dir: Path, name: str, manifest: dict[str, Any]) -> bytes:
+    """The bytes of a file the manifest names, read once and checked against its sha256. The caller
+    uses these bytes, not the path: a file changed between the check and the load cannot slip in."""
+    path = Path(run_dir) / name
+    expected = _expected_sha(path, name, manifest)
+    data = path.read_bytes()
+    _check_sha(path, expected, hashlib.sha256(data).hexdigest())
+    return data
+
+
 def load_tensors(run_dir: Path, name: str, manifest: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """Load one safetensors file after checking its sha256 against the manifest."""
-    return load_file(str(verify_file(run_dir, name, manifest)))
+    """Load one safetensors file from the bytes its sha256 was checked on."""
+    return load(read_verified(run_dir, name, manifest))
 
 
 def load_config_from_manifest(manifest: dict[str, Any], source: str) -> Config:
     return config_from_dict(manifest["config"], f"{source}/{MANIFEST}:config", placeholder_tasks=True)  # exports
 
 
-def load_model(run_dir: str | Path) -> tuple[UnifiedCTR, dict[str, Any]]:
-    """Rebuild the model from a run directory's current manifest and verified weights, in eval mode."""
+def load_model(run_dir: str | Path, manifest: dict[str, Any] | None = None) -> tuple[UnifiedCTR, dict[str, Any]]:
+    """Rebuild the model from a run directory's current manifest (or `manifest`, one the caller has read and
+    verified from that directory) and its verified weights, in eval mode."""
     run_dir = current_dir(run_dir)
-    manifest = read_manifest(run_dir)
+    manifest = read_manifest(run_dir) if manifest is None else manifest
     model = UnifiedCTR(load_config_from_manifest(manifest, str(run_dir)))
     model.load_state_dict(load_tensors(run_dir, MODEL_FILE, manifest), strict=True)
     return model.eval(), manifest

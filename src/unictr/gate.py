@@ -68,10 +68,11 @@ def run_gate(
     """Check a candidate version: integrity, finite scores, calibration and AUC against the live one."""
     report = GateReport(surface, candidate, current, None if eval_data is None else str(eval_data), policy)
     try:
-        _, model, manifest = registry.load(surface, candidate)
+        export = registry.load(surface, candidate)
     except RegistryError as e:
         report.check("integrity", False, str(e))
         return report
+    model, manifest = export.model, export.manifest
     signed = ", its signature" if registry.key else ""
     report.check("integrity", True, f"verified: the published manifest{signed} and every file's sha256")
     tasks = list(manifest["tasks"])
@@ -106,11 +107,11 @@ def _compare_with_live(
     version that fails its integrity checks cannot be compared: a failed `live_baseline` check."""
     surface, margin = report.surface, report.policy.auc_margin
     try:
-        _, live_model, live_manifest = registry.load(surface, current)
+        live_export = registry.load(surface, current)
     except RegistryError as e:
         report.check("live_baseline", False, f"live {current} cannot be loaded to compare AUCs ({e})")
         return
-    live = _eval_metrics(live_model, list(live_manifest["tasks"]), eval_data, surface)
+    live = _eval_metrics(live_export.model, list(live_export.manifest["tasks"]), eval_data, surface)
     live.pop("_rows")
     report.metrics[current] = live
     for t in (t for t in cand if t in live):

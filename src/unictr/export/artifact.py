@@ -12,6 +12,7 @@ import datetime as dt
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ from unictr.checkpoint import (
     CheckpointError,
     current_dir,
     load_model,
+    parse_manifest,
     read_manifest,
+    read_verified,
     schema_dict,
     sha256_file,
     verify_file,
@@ -81,9 +84,11 @@ def build_manifest(
     }
 
 
-def read_export_manifest(export_dir: str | Path) -> dict[str, Any]:
-    """The manifest of a surface export; raises NotAnExport for any other manifest (CheckpointError: none)."""
-    manifest = read_manifest(Path(export_dir))
+def read_export_manifest(export_dir: str | Path, raw: bytes | None = None) -> dict[str, Any]:
+    """The manifest of a surface export (parsed from `raw`, its bytes as the caller read them, when given);
+    raises NotAnExport for any other manifest (CheckpointError: none)."""
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir) if raw is None else parse_manifest(raw, export_dir / MANIFEST)
     if manifest.get("format") != EXPORT_FORMAT:
         raise NotAnExport(f"{export_dir}: not a surface export (format {manifest.get('format')!r})")
     return manifest
@@ -95,16 +100,26 @@ def verify_files(export_dir: str | Path, manifest: dict[str, Any]) -> None:
         verify_file(Path(export_dir), name, manifest)
 
 
-def load_export(export_dir: str | Path) -> tuple[UnifiedCTR, dict[str, Any]]:
-    """A surface model and its manifest, after verifying every file's checksum (each file hashed once: the
-    weights by `load_model` as it loads them, the others here); nothing is unpickled."""
+@dataclass(frozen=True)
+class LoadedExport:
+    """A surface export as loaded: each file read once and checked against the manifest's sha256, and only
+    those bytes used (the weights in `model`, the other files, the ONNX graphs, in `files`), so a file
+    changed on disk after its check is never the one that runs."""
+
+    path: Path
+    model: UnifiedCTR
+    manifest: dict[str, Any]
+    files: dict[str, bytes]  # every file the manifest names but the weights: name -> verified bytes
+
+
+def load_export(export_dir: str | Path, manifest: dict[str, Any] | None = None) -> LoadedExport:
+    """A surface export, verified as it loads (`LoadedExport`); nothing is unpickled. `manifest`: the one
+    a caller has already read from `export_dir` and checked (the registry's published manifest)."""
     export_dir = Path(export_dir)
-    manifest = read_export_manifest(export_dir)
-    for name in manifest["files"]:
-        if name != MODEL_FILE:
-            verify_file(export_dir, name, manifest)
-    model, _ = load_model(export_dir)
-    return model, manifest
+    manifest = read_export_manifest(export_dir) if manifest is None else manifest
+    files = {name: read_verified(export_dir, name, manifest) for name in manifest["files"] if name != MODEL_FILE}
+    model, _ = load_model(export_dir, manifest)
+    return LoadedExport(export_dir, model, manifest, files)
 
 
 def check_replaceable(out_dir: Path) -> None:

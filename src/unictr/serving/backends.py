@@ -16,6 +16,9 @@ from unictr.export.probe import probe_batch
 from unictr.model import UnifiedCTR, probabilities
 from unictr.optional import require
 
+# An ONNX graph: its file, or its bytes as read and checked by `load_export` (what a verified export serves).
+Graph = str | Path | bytes
+
 
 @dataclass(frozen=True)
 class Runner:
@@ -27,25 +30,29 @@ class Runner:
     batch: Callable[[Batch], np.ndarray]
 
 
-def choose_backend(backend: str, onnx_path: str | Path | None, bf16: bool, device: torch.device) -> str:
+def _source(graph: Graph) -> str | bytes:
+    return graph if isinstance(graph, bytes) else str(graph)
+
+
+def choose_backend(backend: str, onnx_graph: Graph | None, bf16: bool, device: torch.device) -> str:
     """`backend`, with `auto` resolved: onnx when there is a `model.onnx` and neither bf16 nor another
     device is asked for (the fastest path measured in docs/performance.md), else eager."""
     if backend != "auto":
         return backend
-    return "onnx" if onnx_path is not None and not bf16 and device.type == "cpu" else "eager"
+    return "onnx" if onnx_graph is not None and not bf16 and device.type == "cpu" else "eager"
 
 
 def runner(
     model: UnifiedCTR,
     backend: str,
     bf16: bool,
-    onnx_path: str | Path | None,
-    onnx_one_user_path: str | Path | None,
+    onnx_graph: Graph | None,
+    onnx_one_user_graph: Graph | None,
     device: torch.device,
 ) -> Runner:
     """The forward of `backend` (eager, compile or onnx; see `choose_backend` for auto)."""
     if backend == "onnx":
-        return _onnx_runner(bf16, onnx_path, onnx_one_user_path, device)
+        return _onnx_runner(bf16, onnx_graph, onnx_one_user_graph, device)
     net = torch.compile(model.to(device), dynamic=True) if backend == "compile" else model.to(device)
 
     def forward(b: Batch) -> np.ndarray:
@@ -59,20 +66,20 @@ def runner(
 
 
 def _onnx_runner(
-    bf16: bool, onnx_path: str | Path | None, onnx_one_user_path: str | Path | None, device: torch.device
+    bf16: bool, onnx_graph: Graph | None, onnx_one_user_graph: Graph | None, device: torch.device
 ) -> Runner:
     """ONNX Runtime on the export's graph (CPU, fp32); batches of one user run the one-user graph if given."""
     if bf16 or device.type != "cpu":
         raise ValueError("the onnx backend runs in fp32 on the CPU (no bf16, no device)")
-    if onnx_path is None:
-        raise ValueError("the onnx backend needs onnx_path (the export's model.onnx)")
+    if onnx_graph is None:
+        raise ValueError("the onnx backend needs onnx_graph (the export's model.onnx)")
     ort = require("onnxruntime", "onnx", "the onnx backend")
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # the same thread budget as torch's pool
-    general = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    general = ort.InferenceSession(_source(onnx_graph), options, providers=["CPUExecutionProvider"])
     one_user = general
-    if onnx_one_user_path is not None:
-        one_user = ort.InferenceSession(str(onnx_one_user_path), options, providers=["CPUExecutionProvider"])
+    if onnx_one_user_graph is not None:
+        one_user = ort.InferenceSession(_source(onnx_one_user_graph), options, providers=["CPUExecutionProvider"])
 
     def run(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
         session = one_user if len(arrays["user_cat"]) == 1 else general

@@ -233,7 +233,7 @@ class ModelStore:
         if known is not None and known[0] == stamp:
             return known[1]
         try:
-            scorer = Scorer.of_export(*self.registry.load(surface, version), version, self.spec)
+            scorer = Scorer.of_export(self.registry.load(surface, version), version, self.spec)
         except Exception as e:  # whatever the cause, the last good version keeps serving
             failure = LoadFailure(version, self._describe(e), utc_now())
             self._failed[key] = (stamp, failure)

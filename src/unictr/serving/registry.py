@@ -34,11 +34,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unictr.checkpoint import MANIFEST, CheckpointError, save_json
-from unictr.export.artifact import NotAnExport, load_export, read_export_manifest, staged_dir, verify_files
+from unictr.export.artifact import (
+    LoadedExport,
+    NotAnExport,
+    load_export,
+    read_export_manifest,
+    staged_dir,
+    verify_files,
+)
 
 if TYPE_CHECKING:
     from unictr.gate import GatePolicy, GateReport
-    from unictr.model import UnifiedCTR
 
 POINTER = "pointer.json"
 PUBLISHED = "published.json"
@@ -130,16 +136,15 @@ class Registry:
         """`version_dir`, after the integrity checks (`integrity`); the one check before its files are used."""
         return self._verify(surface, version)[0]
 
-    def load(self, surface: str, version: str) -> tuple[Path, UnifiedCTR, dict[str, Any]]:
-        """(directory, model, manifest) of a version after `verified_dir`'s checks, with each file's sha256
-        checked once, as the export loads (`load_export`), not once more beforehand. Any refusal is a
-        RegistryError naming the version."""
-        d, _ = self._verify(surface, version, files=False)
+    def load(self, surface: str, version: str) -> LoadedExport:
+        """A version's export after `verified_dir`'s checks. What loads is what was checked: the manifest
+        parsed from the bytes whose sha256 (and signature) matched, and each file's bytes hashed once, as
+        the export loads (`load_export`). Any refusal is a RegistryError naming the version."""
+        d, _, manifest = self._verify(surface, version, files=False)
         try:
-            model, manifest = load_export(d)
+            return load_export(d, manifest)
         except CheckpointError as e:
             raise RegistryError(f"{surface} {version}: {e}") from None
-        return d, model, manifest
 
     def integrity(self, surface: str, version: str) -> str:
         """A version's integrity in a few words: `ok, signed`, `ok, unsigned`, `ok, signature unverified (no
@@ -149,8 +154,8 @@ class Registry:
         except RegistryError as e:
             return f"refused: {e}"
 
-    def _verify(self, surface: str, version: str, files: bool = True) -> tuple[Path, str]:
-        """(directory, status) of a version whose manifest is the published one (`published.json`'s
+    def _verify(self, surface: str, version: str, files: bool = True) -> tuple[Path, str, dict[str, Any]]:
+        """(directory, status, manifest) of a version whose manifest is the published one (`published.json`'s
         `manifest_sha256`), whose files match the manifest (unless `files` is False: `load` checks them as
         it loads them) and, with a key, whose signature matches."""
         d, where = self.version_dir(surface, version), f"{surface} {version}"
@@ -167,14 +172,14 @@ class Registry:
                                 f"{PUBLISHED}'s manifest_sha256); refusing to load")
         status = self._check_signature(where, raw, published.get("signature"))
         try:
-            manifest = read_export_manifest(d)
+            manifest = read_export_manifest(d, raw)  # the bytes just checked, not a second read
             if manifest.get("surface") != surface:
                 raise RegistryError(f"{where}: its {MANIFEST} is an export of surface {manifest.get('surface')!r}")
             if files:
                 verify_files(d, manifest)
         except CheckpointError as e:
             raise RegistryError(f"{where}: {e}") from None
-        return d, status
+        return d, status, manifest
 
     def _check_signature(self, where: str, manifest: bytes, signature: Any) -> str:
         """The signature part of `integrity`: with a key, a matching HMAC of the manifest or RegistryError."""

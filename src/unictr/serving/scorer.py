@@ -20,9 +20,9 @@ import torch
 from unictr.checkpoint import MODEL_FILE
 from unictr.config import ServeSpec
 from unictr.data.batch import Batch
-from unictr.export.artifact import ONNX_FILE, ONNX_ONE_USER_FILE, load_export
+from unictr.export.artifact import ONNX_FILE, ONNX_ONE_USER_FILE, LoadedExport, load_export
 from unictr.model import UnifiedCTR
-from unictr.serving.backends import choose_backend, runner
+from unictr.serving.backends import Graph, choose_backend, runner
 from unictr.serving.encoding import EncodedRequest, RequestEncoder
 from unictr.serving.request import RequestParser
 
@@ -69,9 +69,10 @@ class Scorer:
     `spec` holds the options (`max_unique_users`, `max_candidates`, `backend`, `bf16`; see `ServeSpec`),
     `options` override its fields by name (validated alike). `backend`: `eager` (PyTorch), `compile`
     (`torch.compile`, compiled here on probe batches), `onnx` (ONNX Runtime on the export's
-    `model.onnx`, CPU; batches of one user run the export's `model_one_user.onnx` when given as
-    `onnx_one_user_path`) or `auto` (see `backends.choose_backend`). `bf16` runs eager/compile under bf16
-    autocast (CPUs with AMX or AVX512-BF16, or a GPU); `device` is where eager/compile run. `threads`
+    `model.onnx`, CPU, given as `onnx_graph`, its path or bytes; batches of one user run the export's
+    `model_one_user.onnx` when given as `onnx_one_user_graph`) or `auto` (see `backends.choose_backend`).
+    `bf16` runs eager/compile under bf16 autocast (CPUs with AMX or AVX512-BF16, or a GPU); `device` is
+    where eager/compile run. `threads`
     sets torch's intra-op threads process-wide (None: as they are; the app sets `spec.threads` once).
     """
 
@@ -84,8 +85,8 @@ class Scorer:
         *,
         threads: int | None = None,
         device: str = "cpu",
-        onnx_path: str | Path | None = None,
-        onnx_one_user_path: str | Path | None = None,
+        onnx_graph: Graph | None = None,
+        onnx_one_user_graph: Graph | None = None,
         **options: Any,
     ) -> None:
         spec = _with_options(spec, options)
@@ -94,8 +95,8 @@ class Scorer:
         if threads is not None:
             torch.set_num_threads(threads)  # process-wide: torch has one intra-op pool
         self.model = model.eval()
-        self.backend = choose_backend(spec.backend, onnx_path, spec.bf16, torch.device(device))
-        self._run = runner(self.model, self.backend, spec.bf16, onnx_path, onnx_one_user_path, torch.device(device))
+        self.backend = choose_backend(spec.backend, onnx_graph, spec.bf16, torch.device(device))
+        self._run = runner(self.model, self.backend, spec.bf16, onnx_graph, onnx_one_user_graph, torch.device(device))
         self.manifest = dict(manifest)
         self.schema = model.schema
         self.surface = self.schema.surfaces[0]
@@ -115,24 +116,22 @@ class Scorer:
     ) -> Scorer:
         """A scorer for an export directory (checksums verified; `backend="onnx"` needs an ONNX export);
         `kwargs` as `Scorer`'s."""
-        model, manifest = load_export(export_dir)
-        return cls.of_export(export_dir, model, manifest, version, spec, **kwargs)
+        return cls.of_export(load_export(export_dir), version, spec, **kwargs)
 
     @classmethod
     def of_export(
-        cls, export_dir: str | Path, model: UnifiedCTR, manifest: dict[str, Any], version: str | None = None,
-        spec: ServeSpec | None = None, **kwargs: Any,
+        cls, export: LoadedExport, version: str | None = None, spec: ServeSpec | None = None, **kwargs: Any,
     ) -> Scorer:
-        """A scorer for the export `load_export` (or `Registry.load`) has just loaded and verified from
-        `export_dir`; as `load` otherwise."""
+        """A scorer for an export `load_export` (or `Registry.load`) has loaded and verified: it runs the
+        verified bytes of the ONNX graphs, never the files again; as `load` otherwise."""
         spec = _with_options(spec, {k: kwargs.pop(k) for k in SCORER_OPTIONS if k in kwargs})
-        if ONNX_FILE in manifest["files"]:
-            kwargs.setdefault("onnx_path", Path(export_dir) / ONNX_FILE)
+        if ONNX_FILE in export.files:
+            kwargs.setdefault("onnx_graph", export.files[ONNX_FILE])
         elif spec.backend == "onnx":
-            raise ValueError(f"{export_dir}: no {ONNX_FILE}; export with --format onnx to serve with onnx")
-        if ONNX_ONE_USER_FILE in manifest["files"]:  # exports before it have the general graph only
-            kwargs.setdefault("onnx_one_user_path", Path(export_dir) / ONNX_ONE_USER_FILE)
-        return cls(model, manifest, version, spec, **kwargs)
+            raise ValueError(f"{export.path}: no {ONNX_FILE}; export with --format onnx to serve with onnx")
+        if ONNX_ONE_USER_FILE in export.files:  # exports before it have the general graph only
+            kwargs.setdefault("onnx_one_user_graph", export.files[ONNX_ONE_USER_FILE])
+        return cls(export.model, export.manifest, version, spec, **kwargs)
 
     def parse(self, request: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
         """The validated request (JSON text or an already-decoded mapping); raises RequestError."""
