@@ -116,6 +116,8 @@ def test_scorer_backends_score_like_eager(sim_config, tmp_path) -> None:
     np.testing.assert_allclose(bf16, eager, rtol=0, atol=2e-2)
     with pytest.raises(ValueError, match="backend must be one of auto, eager, compile, onnx"):
         Scorer.load(tmp_path / "export", backend="tvm")
+    with pytest.raises(ValueError, match="backend must be one of"):  # refused before the (missing) export is read
+        Scorer.load(tmp_path / "no-such-export", backend="tvm")
     export_surface(run, SURFACE, tmp_path / "plain")
     assert Scorer.load(tmp_path / "plain").backend == "eager"
     with pytest.raises(ValueError, match="no model.onnx; export with --format onnx"):

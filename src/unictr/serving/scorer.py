@@ -115,7 +115,8 @@ class Scorer:
         cls, export_dir: str | Path, version: str | None = None, spec: ServeSpec | None = None, **kwargs: Any
     ) -> Scorer:
         """A scorer for an export directory (checksums verified; `backend="onnx"` needs an ONNX export);
-        `kwargs` as `Scorer`'s."""
+        `kwargs` as `Scorer`'s. A bad option is refused before the export is read."""
+        spec = _with_options(spec, {k: kwargs.pop(k) for k in SCORER_OPTIONS if k in kwargs})
         return cls.of_export(load_export(export_dir), version, spec, **kwargs)
 
     @classmethod
