@@ -176,7 +176,7 @@ def test_reliability_bins_drop_empty_bins() -> None:
 def test_metric_block_keys_and_json_safety() -> None:
     y, p = _data(500, seed=6)
     block = metric_block(y, p, p_true=np.clip(p + 0.01, 0, 1))
-    base = {"auc", "logloss", "ne", "calibration_ratio", "ece", "n"}
+    base = {"auc", "logloss", "ne", "calibration_ratio", "ece", "n", "positives"}
     assert set(block) == base | {"oracle_auc", "oracle_logloss"}
     assert block["n"] == 500 and isinstance(block["n"], int)
     assert block["auc"] == pytest.approx(roc_auc_score(y, p))

@@ -143,9 +143,11 @@ def test_an_experiment_shows_its_arms_side_by_side_with_intervals(runs: dict[str
     _no_url(text)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text  # the command, escaped
     auc = next(t for t in page.tables if "unified − separate [95% CI]" in t[0])
-    assert auc[0][:5] == ["surface", "task", "n", "unified", "separate"]
+    assert auc[0][:6] == ["surface", "task", "n", "positives", "unified", "separate"]
     report = json.loads((runs["exp"] / "report.json").read_text())
     row = next(r for r in auc[1:] if r[:2] == ["search", "click"])
+    cell = report["arms"]["unified"]["surfaces"]["search"]["click"]
+    assert row[2:4] == [f"{cell['n']:,}", f"{cell['positives']:,}"] and 0 < cell["positives"] < cell["n"]
     lo, hi = report["auc_diff_ci"]["search"]["click"]
     assert row[-1] == f"{report['auc_diff']['search']['click']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
     assert len(page.images) == 1  # the AUC bars, embedded

@@ -196,6 +196,7 @@ def metric_block(
         "calibration_ratio": json_float(calibration_ratio(y, p)),
         "ece": json_float(ece(y, p)),
         "n": int(y.size),
+        "positives": int(y.sum()),  # an AUC over a handful of positives says little, whatever its interval
     }
     if p_true is not None:
         out["oracle_auc"] = json_float(auc(y, p_true))

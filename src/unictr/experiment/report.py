@@ -21,6 +21,7 @@ from unictr.train.evaluate import Scored, sliced_metrics
 
 # ------------------------------------------------------------------------------------------ numbers
 
+COUNTS = ("n", "positives")  # per slice, the same for every seed and arm
 BASELINES = {"lightgbm": "LightGBM", "din": "DIN"}  # arms the unified model is compared with overall
 
 
@@ -109,11 +110,11 @@ def auc_intervals(schema: Schema, eval_b: Batch, runs: dict[int, ArmRun], n_boot
 
 
 def _mean_block(blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """Seed mean of each metric (None where a seed has none); `n` is the same for every seed."""
+    """Seed mean of each metric (None where a seed has none); `n` and `positives` are the same for every seed."""
     out: dict[str, Any] = {}
     for key, value in blocks[0].items():
         vals = [b[key] for b in blocks if b.get(key) is not None]
-        out[key] = value if key == "n" else (float(np.mean(vals)) if vals else None)
+        out[key] = value if key in COUNTS else (float(np.mean(vals)) if vals else None)
     return out
 
 
@@ -201,6 +202,11 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _count(v: int | None) -> str:
+    """A slice's count (reports written before `positives` was recorded have none: `-`)."""
+    return "-" if v is None else f"{v:,}"
+
+
 def _f(v: Any, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -248,14 +254,15 @@ def _md_auc(report: dict[str, Any], arms: list[str]) -> list[str]:
     lines = [
         "## AUC (seed mean)",
         "",
-        "| surface | task | n | "
+        "| surface | task | n | positives | "
         + " | ".join(cols)
         + (" | unified − separate [95% CI] |" if "auc_diff_ci" in report else " |"),
-        "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + (" | ---: |" if "auc_diff_ci" in report else " |"),
+        "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in cols)
+        + (" | ---: |" if "auc_diff_ci" in report else " |"),
     ]
     for s, t in _slices(report):
         first = _block(report["arms"][arms[0]], s, t)
-        row = f"| {s} | {t} | {first['n']:,} | " + " | ".join(
+        row = f"| {s} | {t} | {first['n']:,} | {_count(first.get('positives'))} | " + " | ".join(
             [_f(_block(report["arms"][a], s, t)["auc"]) for a in arms] + [_f(first.get("oracle_auc"))] * oracle
         )
         if "auc_diff_ci" in report:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from unictr.config import Config
-from unictr.experiment.report import _f, _load
+from unictr.experiment.report import _count, _f, _load
 
 CANDIDATES = 500  # a request of 1 user × 500 candidates, as the serving benchmark scores
 
@@ -85,14 +85,15 @@ def _md_view(report: dict[str, Any], view: str, title: str) -> list[str]:
     slices += [(s, t) for s, tasks in first["surfaces"].items() for t in tasks]
     oracle = any(_get(first, s, t).get("oracle_auc") is not None for s, t in slices)
     cols = arms + ["oracle"] * oracle + [p.replace("-", " − ") + " [95% CI]" for p in pairs]
-    lines = ["", f"## {title}", "", "| surface | task | n | " + " | ".join(cols) + " |",
-             "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
+    lines = ["", f"## {title}", "", "| surface | task | n | positives | " + " | ".join(cols) + " |",
+             "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in cols) + " |"]
     for s, t in slices:
         cells = [_f(_get(block["arms"][a], s, t)["auc"]) for a in arms]
         cells += [_f(_get(first, s, t).get("oracle_auc"))] * oracle
         cells += [_ci(block["diffs"][p]["diff"].get(s, {}).get(t), block["diffs"][p]["ci"].get(s, {}).get(t))
                   for p in pairs]
-        lines.append(f"| {s} | {t} | {_get(first, s, t)['n']:,} | " + " | ".join(cells) + " |")
+        cell = _get(first, s, t)
+        lines.append(f"| {s} | {t} | {cell['n']:,} | {_count(cell.get('positives'))} | " + " | ".join(cells) + " |")
     return lines
 
 
