@@ -202,11 +202,6 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _count(v: int | None) -> str:
-    """A slice's count (reports written before `positives` was recorded have none: `-`)."""
-    return "-" if v is None else f"{v:,}"
-
-
 def _f(v: Any, spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
@@ -262,7 +257,7 @@ def _md_auc(report: dict[str, Any], arms: list[str]) -> list[str]:
     ]
     for s, t in _slices(report):
         first = _block(report["arms"][arms[0]], s, t)
-        row = f"| {s} | {t} | {first['n']:,} | {_count(first.get('positives'))} | " + " | ".join(
+        row = f"| {s} | {t} | {first['n']:,} | {_f(first.get('positives'), ',')} | " + " | ".join(
             [_f(_block(report["arms"][a], s, t)["auc"]) for a in arms] + [_f(first.get("oracle_auc"))] * oracle
         )
         if "auc_diff_ci" in report:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from unictr.config import Config
-from unictr.experiment.report import _count, _f, _load
+from unictr.experiment.report import _f, _load
 
 CANDIDATES = 500  # a request of 1 user × 500 candidates, as the serving benchmark scores
 
@@ -93,7 +93,7 @@ def _md_view(report: dict[str, Any], view: str, title: str) -> list[str]:
         cells += [_ci(block["diffs"][p]["diff"].get(s, {}).get(t), block["diffs"][p]["ci"].get(s, {}).get(t))
                   for p in pairs]
         cell = _get(first, s, t)
-        lines.append(f"| {s} | {t} | {cell['n']:,} | {_count(cell.get('positives'))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {s} | {t} | {cell['n']:,} | {_f(cell.get('positives'), ',')} | " + " | ".join(cells) + " |")
     return lines
 
 
