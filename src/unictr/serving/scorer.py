@@ -72,8 +72,8 @@ class Scorer:
     `model.onnx`, CPU, given as `onnx_graph`, its path or bytes; batches of one user run the export's
     `model_one_user.onnx` when given as `onnx_one_user_graph`) or `auto` (see `backends.choose_backend`).
     `bf16` runs eager/compile under bf16 autocast (CPUs with AMX or AVX512-BF16, or a GPU); `device` is
-    where eager/compile run. `threads`
-    sets torch's intra-op threads process-wide (None: as they are; the app sets `spec.threads` once).
+    where eager/compile run. `threads` sets torch's intra-op threads process-wide (None: as they are; the
+    app sets `spec.threads` once).
     """
 
     def __init__(
