@@ -51,8 +51,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_runtime(spec: TrainSpec) -> torch.device:
-    """Threads, seed, TF32 on CUDA; returns the device."""
+    """Threads, seed, subnormals flushed to 0, TF32 on CUDA; returns the device.
+
+    The flush: rows that the embedding decay shrinks, and Adam's moments of rows no longer looked up, sink
+    into float32's subnormal range, where x86 CPUs take a slow path on every op over the table, and where
+    `w · (1 − lr·wd)` rounds the smallest subnormal back to itself, so they never reach 0. A stage-2 run
+    warm-started from a trained one had half its table there (docs/performance.md, *Subnormal embeddings*).
+    """
     torch.set_num_threads(resolve_threads(spec.threads))
+    torch.set_flush_denormal(True)
     torch.manual_seed(spec.seed)
     device = resolve_device(spec.device)
     if device.type == "cuda":
