@@ -147,6 +147,9 @@ def test_bootstrap_intervals_cover_every_surface_and_task(report):
                 )
                 assert d == pytest.approx(want)
     assert set(rep["auc_diff_ci_vs_lightgbm"]["overall"]) == set(TASKS)
+    # two seeds per arm: the interval that resamples them too is there for every cell, and in report.md
+    assert {s: set(v) for s, v in rep["auc_diff_ci_seeds"].items()} == {s: set(TASKS) for s in SURFACES}
+    assert "unified − separate [95% CI, seeds too]" in (report["out"] / "report.md").read_text()
 
 
 @needs_data

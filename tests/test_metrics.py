@@ -226,3 +226,37 @@ def test_bootstrap_interval_brackets_the_difference_on_100k_grouped_rows() -> No
     lo, hi = bootstrap_auc_diff(y, p_a, p_b, n_boot=200, groups=np.arange(100_000) // 10)
     assert lo < auc(y, p_a) - auc(y, p_b) < hi
     assert hi - lo < 0.02
+
+
+def test_bootstrap_resampling_seeds_matches_naive_two_level_draws() -> None:
+    """Rows are drawn as without `resample_seeds`; each model's seeds then with replacement, per resample."""
+    y, p0 = _data(300, seed=15)
+    rng = np.random.default_rng(16)
+    p_a = np.clip(p0 + rng.normal(0, 0.15, (3, 300)), 0, 1)  # 3 seeds of a
+    p_b = np.clip(p0 + rng.normal(0, 0.25, (2, 300)), 0, 1)  # 2 seeds of b
+    idx = np.random.default_rng(4).integers(0, 300, size=(60, 300))
+    seed_rng = np.random.default_rng([4, 1])
+    picks_a = seed_rng.multinomial(3, np.full(3, 1 / 3), size=60)
+    picks_b = seed_rng.multinomial(2, np.full(2, 1 / 2), size=60)
+    naive = [
+        np.dot(pa, [roc_auc_score(y[i], p[i]) for p in p_a]) / 3
+        - np.dot(pb, [roc_auc_score(y[i], p[i]) for p in p_b]) / 2
+        for i, pa, pb in zip(idx, picks_a, picks_b, strict=True)
+    ]
+    got = bootstrap_auc_diff(y, p_a, p_b, n_boot=60, seed=4, resample_seeds=True)
+    np.testing.assert_allclose(got, np.percentile(naive, [2.5, 97.5]), atol=1e-12)
+
+
+def test_bootstrap_resampling_seeds_widens_only_where_seeds_differ() -> None:
+    y, p0 = _data(2000, seed=17)
+    p_b = np.clip(p0 + np.random.default_rng(18).normal(0, 0.2, 2000), 0, 1)
+    same = np.stack([p0, p0, p0])
+    assert bootstrap_auc_diff(y, same, p_b, n_boot=100, resample_seeds=True) == bootstrap_auc_diff(
+        y, same, p_b, n_boot=100
+    )
+    # seeds far apart: one good, two noisy; drawing seeds moves the mean by far more than the rows do
+    spread = np.stack([p0, np.clip(p0 + np.random.default_rng(19).normal(0, 0.6, 2000), 0, 1), p_b])
+    lo, hi = bootstrap_auc_diff(y, spread, p_b, n_boot=200)
+    lo_s, hi_s = bootstrap_auc_diff(y, spread, p_b, n_boot=200, resample_seeds=True)
+    assert hi_s - lo_s > 1.5 * (hi - lo)
+    assert lo_s < lo and hi_s > hi

@@ -17,6 +17,7 @@ from unictr.checkpoint import load_model
 from unictr.cli import app
 from unictr.config import Config, load_config
 from unictr.experiment.stage import parse_stages, restrict_config
+from unictr.experiment.stage_report import stage_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -85,6 +86,18 @@ def test_report_compares_each_view(staged: dict) -> None:
     assert set(r["acceptance"]["checks"]) >= {"related: staged - separate >= 0", "search: staged - stage1 >= -0.002"}
     md = (staged["out"] / "report.md").read_text()
     assert "## Old surfaces (home_feed, search)" in md and "## Cost profile" in md and "staged − stage1" in md
+
+
+def test_seed_intervals_only_with_seeds_to_resample(staged: dict) -> None:
+    """One seed: no interval over seeds (it would repeat the other). Given one, report.md shows it beside."""
+    r = staged["json"]
+    assert all("ci_seeds" not in d for v in r["views"].values() for d in v["diffs"].values())
+    assert "seeds too" not in (staged["out"] / "report.md").read_text()
+    pair = r["views"]["new"]["diffs"]["staged-scratch"]
+    pair["ci_seeds"] = {s: {t: [-0.25, 0.125] for t in tasks} for s, tasks in pair["ci"].items()}
+    md = stage_markdown(r)
+    assert "| staged − scratch [95% CI] | staged − scratch [95% CI, seeds too] |" in md
+    assert "[-0.2500, +0.1250]" in md
 
 
 def test_stage2_was_warm_started_from_stage1(staged: dict) -> None:

@@ -211,6 +211,7 @@ def bootstrap_auc_diff(
     n_boot: int = 200,
     seed: int = 0,
     groups: np.ndarray | Sequence[object] | None = None,
+    resample_seeds: bool = False,
 ) -> tuple[float, float]:
     """95% percentile interval of AUC(a) - AUC(b) under a paired bootstrap.
 
@@ -221,7 +222,10 @@ def bootstrap_auc_diff(
 
     `p_a` / `p_b` may also be `[k, n]` (e.g. k training seeds of a model): the statistic is then the mean
     AUC over the k rows of a minus that of b, so the interval covers the seed-averaged difference (the
-    eval rows are resampled, the seeds are not).
+    eval rows are resampled, the seeds are not). `resample_seeds`: each resample also draws each model's
+    k seeds with replacement (a two-level bootstrap), so the interval covers how much the seed mean moves
+    from one set of training seeds to another too, not only the eval rows. The rows' draws are the same
+    either way (the seeds' come from a stream of their own).
     """
     y = _as_arrays(y)[0]
     p_a, p_b = (np.atleast_2d(np.asarray(p, dtype=np.float64)) for p in (p_a, p_b))
@@ -237,7 +241,7 @@ def bootstrap_auc_diff(
             raise ValueError(f"groups has shape {gid.shape}, expected {y.shape}")
     if n_units == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
+    rng, seed_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     plans = [[_AucPlan(y > 0.5, p) for p in ps] for ps in (p_a, p_b)]
     chunk = max(1, _CHUNK_CELLS // n)
     diffs = []
@@ -245,7 +249,8 @@ def bootstrap_auc_diff(
         m = min(chunk, n_boot - lo)
         draws = rng.integers(0, n_units, size=(m, n_units)) + n_units * np.arange(m)[:, None]
         mult = np.bincount(draws.ravel(), minlength=m * n_units).reshape(m, n_units)[:, gid]
-        mean_auc = [np.mean([plan.auc(mult) for plan in model], axis=0) for model in plans]
+        mean_auc = [_seed_mean(np.stack([plan.auc(mult) for plan in model]), seed_rng if resample_seeds else None)
+                    for model in plans]
         diffs.append(mean_auc[0] - mean_auc[1])
     d = np.concatenate(diffs)
     d = d[~np.isnan(d)]
@@ -253,3 +258,13 @@ def bootstrap_auc_diff(
         return math.nan, math.nan
     lo_q, hi_q = np.percentile(d, [2.5, 97.5])
     return float(lo_q), float(hi_q)
+
+
+def _seed_mean(aucs: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+    """Per resample, the mean of `aucs` `[k seeds, m resamples]` over the seeds, or (with `rng`) over k
+    seeds drawn with replacement for each resample."""
+    if rng is None:
+        return aucs.mean(axis=0)
+    k, m = aucs.shape
+    picks = rng.multinomial(k, np.full(k, 1.0 / k), size=m)  # [m, k] how often each seed is drawn
+    return (picks.T * aucs).sum(axis=0) / k

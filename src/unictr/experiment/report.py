@@ -62,7 +62,14 @@ def build_report(schema: Schema, eval_b: Batch, runs: dict[str, dict[int, ArmRun
             diff, ci = auc_diff(schema, eval_b, runs[a], runs[b], n_boot, overall)
             report[key] = ci
             report[key.replace("_ci", "")] = diff
+            if seed_noise(runs[a], runs[b]):
+                report[f"{key}_seeds"] = auc_diff(schema, eval_b, runs[a], runs[b], n_boot, overall, True)[1]
     return report
+
+
+def seed_noise(a: dict[int, ArmRun], b: dict[int, ArmRun]) -> bool:
+    """Whether resampling the arms' seeds can move an interval: both arms trained on 2 or more seeds."""
+    return min(len(a), len(b)) >= 2
 
 
 def auc_diff(
@@ -72,9 +79,10 @@ def auc_diff(
     b: dict[int, ArmRun],
     n_boot: int,
     overall: bool = False,
+    resample_seeds: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Seed-mean AUC(a) - AUC(b) and its 95% bootstrap interval per surface × task (and overall),
-    resampling whole requests."""
+    resampling whole requests (and, with `resample_seeds`, each arm's seeds too)."""
     labels, applies = eval_b.labels.numpy(), eval_b.label_mask.numpy()
     surface, groups = eval_b.surface.numpy(), eval_b.user_index.numpy()
     pa = np.stack([r.probs for r in a.values()])
@@ -91,7 +99,8 @@ def auc_diff(
                 continue
             rows = on & applies[:, ti]
             y = labels[rows, ti]
-            lo, hi = bootstrap_auc_diff(y, pa[:, rows, ti], pb[:, rows, ti], n_boot=n_boot, groups=groups[rows])
+            lo, hi = bootstrap_auc_diff(y, pa[:, rows, ti], pb[:, rows, ti], n_boot=n_boot, groups=groups[rows],
+                                        resample_seeds=resample_seeds)
             cis[name][task] = [json_float(lo), json_float(hi)]
             point = np.mean([auc(y, p) for p in pa[:, rows, ti]]) - np.mean([auc(y, p) for p in pb[:, rows, ti]])
             diffs[name][task] = json_float(float(point))
@@ -245,38 +254,47 @@ def _md_auc(report: dict[str, Any], arms: list[str]) -> list[str]:
     """The AUC table (with the oracle on simulated data and unified − separate intervals) and vs LightGBM."""
     # simulated data carries the true probabilities: their AUC is the ceiling every arm is measured against
     oracle = any(_block(report["arms"][arms[0]], s, t).get("oracle_auc") is not None for s, t in _slices(report))
-    cols = arms + ["oracle"] * oracle
+    cis = [k for k in CI_TITLES if "auc_diff_ci" + k in report]
+    cols = arms + ["oracle"] * oracle + [f"unified − separate [{CI_TITLES[k]}]" for k in cis]
     lines = [
         "## AUC (seed mean)",
         "",
-        "| surface | task | n | positives | "
-        + " | ".join(cols)
-        + (" | unified − separate [95% CI] |" if "auc_diff_ci" in report else " |"),
-        "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in cols)
-        + (" | ---: |" if "auc_diff_ci" in report else " |"),
+        "| surface | task | n | positives | " + " | ".join(cols) + " |",
+        "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in cols) + " |",
     ]
     for s, t in _slices(report):
         first = _block(report["arms"][arms[0]], s, t)
-        row = f"| {s} | {t} | {first['n']:,} | {_f(first.get('positives'), ',')} | " + " | ".join(
-            [_f(_block(report["arms"][a], s, t)["auc"]) for a in arms] + [_f(first.get("oracle_auc"))] * oracle
-        )
-        if "auc_diff_ci" in report:
-            d, ci = report["auc_diff"].get(s, {}).get(t), report["auc_diff_ci"].get(s, {}).get(t)
-            row += " | " + (f"{_f(d, '+.4f')} [{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]" if ci else "")
-        lines.append(row + " |")
+        cells = [_f(_block(report["arms"][a], s, t)["auc"]) for a in arms] + [_f(first.get("oracle_auc"))] * oracle
+        d = report.get("auc_diff", {}).get(s, {}).get(t)
+        cells += [diff_ci(d, report["auc_diff_ci" + k].get(s, {}).get(t)) for k in cis]
+        lines.append(f"| {s} | {t} | {first['n']:,} | {_f(first.get('positives'), ',')} | " + " | ".join(cells) + " |")
     for base, name in BASELINES.items():
-        if f"auc_diff_ci_vs_{base}" not in report:
+        key = f"auc_diff_ci_vs_{base}"
+        if key not in report:
             continue
-        lines += [
-            "",
-            f"Unified − {name} (overall): "
-            + ", ".join(
-                f"{t} {_f(report[f'auc_diff_vs_{base}']['overall'][t], '+.4f')} "
-                f"[{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]"
-                for t, ci in report[f"auc_diff_ci_vs_{base}"]["overall"].items()
-            ),
+        seeds = report.get(f"{key}_seeds", {}).get("overall", {})
+        parts = [
+            f"{t} {diff_ci(report[f'auc_diff_vs_{base}']['overall'][t], ci)}"
+            + (f" (seeds too: {interval(seeds[t])})" if t in seeds else "")
+            for t, ci in report[key]["overall"].items()
         ]
+        lines += ["", f"Unified − {name} (overall): " + ", ".join(parts)]
     return lines
+
+
+# The two intervals of an AUC difference, by the suffix of their keys: eval requests resampled, and
+# requests and each arm's training seeds resampled (bootstrap_auc_diff's resample_seeds).
+CI_TITLES = {"": "95% CI", "_seeds": "95% CI, seeds too"}
+
+
+def interval(ci: Any) -> str:
+    """`[-0.0003, +0.0027]`."""
+    return f"[{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]"
+
+
+def diff_ci(d: Any, ci: Any) -> str:
+    """`+0.0012 [-0.0003, +0.0027]`: an AUC difference and its interval ("" where there is none)."""
+    return "" if d is None or ci is None else f"{_f(d, '+.4f')} {interval(ci)}"
 
 
 def _slice_table(

@@ -20,7 +20,7 @@ from unictr.config import Config, config_from_dict, cut_train_surfaces, with_cha
 from unictr.data.batch import Batch, Schema
 from unictr.data.reader import load_split
 from unictr.experiment.arms import ArmRun, _train_and_predict, train_separate, train_unified, write_surface_split
-from unictr.experiment.report import auc_diff, build_report, data_meta, machine_info
+from unictr.experiment.report import auc_diff, build_report, data_meta, machine_info, seed_noise
 
 
 def restrict_config(cfg: Config, surfaces: list[str]) -> Config:
@@ -196,5 +196,9 @@ def _compare(
         for a, b in pairs:
             diff, ci = auc_diff(schema, batch, by_arm[a], by_arm[b], n_boot, overall=view == "all")
             block["diffs"][f"{a}-{b}"] = {"diff": diff, "ci": ci}
+            if seed_noise(by_arm[a], by_arm[b]):
+                block["diffs"][f"{a}-{b}"]["ci_seeds"] = auc_diff(
+                    schema, batch, by_arm[a], by_arm[b], n_boot, view == "all", resample_seeds=True
+                )[1]
         out[view] = block
     return {"views": out}

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from unictr.config import Config
-from unictr.experiment.report import _f, _load
+from unictr.experiment.report import CI_TITLES, _f, _load, diff_ci
 
 CANDIDATES = 500  # a request of 1 user × 500 candidates, as the serving benchmark scores
 
@@ -72,10 +72,6 @@ def acceptance(report: dict[str, Any], task: str) -> dict[str, Any]:
     return {"task": task, "checks": checks, "all_met": all(c["met"] for c in checks.values())}
 
 
-def _ci(d: Any, ci: Any) -> str:
-    return "" if d is None else f"{_f(d, '+.4f')} [{_f(ci[0], '+.4f')}, {_f(ci[1], '+.4f')}]"
-
-
 def _md_view(report: dict[str, Any], view: str, title: str) -> list[str]:
     """One view's AUC table: each arm's seed mean (and the oracle's), then each pair's difference [95% CI]."""
     block = report["views"][view]
@@ -84,14 +80,15 @@ def _md_view(report: dict[str, Any], view: str, title: str) -> list[str]:
     slices = [("overall", t) for t in first["overall"]] * (view == "all")
     slices += [(s, t) for s, tasks in first["surfaces"].items() for t in tasks]
     oracle = any(_get(first, s, t).get("oracle_auc") is not None for s, t in slices)
-    cols = arms + ["oracle"] * oracle + [p.replace("-", " − ") + " [95% CI]" for p in pairs]
+    cis = [(p, "ci" + k) for p in pairs for k in CI_TITLES if "ci" + k in block["diffs"][p]]
+    cols = arms + ["oracle"] * oracle + [f"{p.replace('-', ' − ')} [{CI_TITLES[k[2:]]}]" for p, k in cis]
     lines = ["", f"## {title}", "", "| surface | task | n | positives | " + " | ".join(cols) + " |",
              "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in cols) + " |"]
     for s, t in slices:
         cells = [_f(_get(block["arms"][a], s, t)["auc"]) for a in arms]
         cells += [_f(_get(first, s, t).get("oracle_auc"))] * oracle
-        cells += [_ci(block["diffs"][p]["diff"].get(s, {}).get(t), block["diffs"][p]["ci"].get(s, {}).get(t))
-                  for p in pairs]
+        cells += [diff_ci(block["diffs"][p]["diff"].get(s, {}).get(t), block["diffs"][p][k].get(s, {}).get(t))
+                  for p, k in cis]
         cell = _get(first, s, t)
         lines.append(f"| {s} | {t} | {cell['n']:,} | {_f(cell.get('positives'), ',')} | " + " | ".join(cells) + " |")
     return lines
