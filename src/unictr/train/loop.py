@@ -51,15 +51,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_runtime(spec: TrainSpec) -> torch.device:
-    """Threads, seed, subnormals flushed to 0, TF32 on CUDA; returns the device.
-
-    The flush: rows that the embedding decay shrinks, and Adam's moments of rows no longer looked up, sink
-    into float32's subnormal range, where x86 CPUs take a slow path on every op over the table, and where
-    `w · (1 − lr·wd)` rounds the smallest subnormal back to itself, so they never reach 0. A stage-2 run
-    warm-started from a trained one had half its table there (docs/performance.md, *Subnormal embeddings*).
-    """
+    """Threads, seed, TF32 on CUDA; returns the device."""
     torch.set_num_threads(resolve_threads(spec.threads))
-    torch.set_flush_denormal(True)
     torch.manual_seed(spec.seed)
     device = resolve_device(spec.device)
     if device.type == "cuda":
@@ -104,11 +97,22 @@ def make_optimizer(model: UnifiedCTR, spec: TrainSpec) -> torch.optim.AdamW:
     return opt
 
 
+_TINY = torch.finfo(torch.float32).tiny  # the smallest normal float32
+
+
 @torch.no_grad()
 def _decay_rows(table: torch.Tensor, decay: torch.Tensor, opt: torch.optim.Optimizer, *_: object) -> None:
-    """AdamW's decoupled decay, `w ← w (1 − lr·wd)`, with a weight decay per row `[rows, 1]` of the fused table."""
+    """AdamW's decoupled decay, `w ← w (1 − lr·wd)`, with a weight decay per row `[rows, 1]` of the fused table.
+
+    What falls below float32's smallest normal number is set to 0: the decayed rows would otherwise sink into
+    the subnormal range and stay (0.7 × the smallest subnormal rounds back to itself), where x86 CPUs take a
+    slow path on every op over the table (docs/performance.md, *Subnormal embeddings*). Done here, not by
+    torch.set_flush_denormal: that flag is per thread (the intra-op pool's other threads keep subnormals)
+    and process state that other libraries refuse to run under.
+    """
     lr = next(g["lr"] for g in opt.param_groups if any(p is table for p in g["params"]))
     table.mul_(1.0 - lr * decay)
+    table.masked_fill_(table.abs() < _TINY, 0.0)
 
 
 def lr_factor(spec: TrainSpec, step: int, total: int) -> float:
