@@ -85,10 +85,11 @@ def make_optimizer(model: UnifiedCTR, spec: TrainSpec) -> torch.optim.AdamW:
         ).to(table.device)
         return adamw([rest])
     model.embedding.fused_update = None
-    if not spec.embedding_decay_skip:
-        return adamw([{"params": [table], "lr": emb_lr, "weight_decay": spec.embedding_weight_decay}, rest])
-    # the table's decay moves to a hook, one weight decay per row: 0 on the rows of the skipped tables
     opt = adamw([{"params": [table], "lr": emb_lr, "weight_decay": 0.0}, rest])
+    if not spec.embedding_weight_decay:
+        return opt
+    # the table's decay is a hook, one weight decay per row (0 on the rows of the skipped tables), which also
+    # keeps the decayed rows out of the subnormal range (_decay_rows)
     emb = model.embedding
     decayed = torch.cat([torch.full((n,), float(name not in spec.embedding_decay_skip))
                          for name, n in zip(emb.names, emb.sizes, strict=True)])
